@@ -48,3 +48,7 @@ class ValidationFailed(PermanentError):
 
 class StartupError(CarinaError):
     """A dependency (NATS, MongoDB) did not come up within the start-up deadline."""
+
+
+class OperationRefused(PermanentError):
+    """A valid request that the environment's current state refuses (an operation is running, nothing to remove)."""

@@ -1,0 +1,1 @@
+"""Command-line clients of Carina's REST API (`oneenv`)."""

@@ -1,0 +1,71 @@
+"""`guest.report`: record what a guest said on its slot, then tell envmgr and the policy service.
+
+The gateway has already checked the guest's token; the report is re-checked against the slot here (same
+incarnation, still live) because the VM may have been replaced between the check and now. The callback service
+owns the `guest.*` fields of slots and the `metrics` collection; the writes are idempotent (set, or max for the
+acknowledged notification number), so a redelivered report changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from libs.common.bus import Bus, Delivery
+from libs.common.db import Store
+from libs.common.messages import GuestReport, VmGuest, VmMetrics
+
+_EMPTY_SLAVE_ID = re.compile(r"^SLAVE__(INIT_DONE|INIT_FAIL.*)$")
+
+
+def normalise_status(status: str, slot: dict[str, Any]) -> str:
+    """Carina's sample scripts sent `SLAVE__INIT_DONE` when SLAVE_ID was unset; name the slave instead."""
+    status = status.strip()[:256]
+    match = _EMPTY_SLAVE_ID.match(status)
+    if match and slot.get("role") == "slave":
+        return f"SLAVE_{slot['index']}_{match.group(1)}"
+    return status
+
+
+class GuestReportHandler:
+    def __init__(self, store: Store, bus: Bus) -> None:
+        self.store = store
+        self.bus = bus
+
+    async def __call__(self, msg: GuestReport, delivery: Delivery) -> None:
+        slot = await self.store.slots.find_one({"_id": msg.slot, "incarnation": msg.incarnation, "live": True},
+                                               {"role": 1, "index": 1, "envid": 1})
+        if slot is None:
+            return  # replaced or removed since the gateway checked: nothing to record
+        match = {"_id": msg.slot, "incarnation": msg.incarnation}
+        if msg.kind == "vmstatus":
+            fields = {"guest.vm_status": "NET_CONFIG_DONE", "guest.vmstatus_at": msg.at}
+            if msg.params.get("newip"):
+                fields["guest.ip"] = msg.params["newip"][:64]
+            if msg.params.get("name"):
+                fields["guest.hostname"] = msg.params["name"][:255]
+            await self.store.slots.update_one(match, {"$set": fields})
+            await self.bus.publish(VmGuest(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
+                                           kind="vmstatus", ip=fields.get("guest.ip"),
+                                           hostname=fields.get("guest.hostname"), at=msg.at))
+        elif msg.kind == "appstatus":
+            status = normalise_status(msg.params.get("status", ""), slot)
+            await self.store.slots.update_one(match, {"$set": {"guest.status": status, "guest.status_at": msg.at}})
+            await self.bus.publish(VmGuest(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
+                                           kind="appstatus", status=status, at=msg.at))
+        elif msg.kind == "notify_ack":
+            seq = int(msg.params.get("seq", "0") or 0)
+            await self.store.slots.update_one(match, {"$max": {"guest.acked_seq": seq},
+                                                      "$set": {"guest.acked_at": msg.at}})
+            await self.bus.publish(VmGuest(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
+                                           kind="notify_ack", seq=seq, at=msg.at))
+        elif msg.kind == "metrics":
+            values = {k: float(v) for k, v in msg.params.items()}
+            await self.store["metrics"].update_one(
+                {"_id": msg.slot},
+                {"$set": {"envid": msg.envid, "one_id": msg.one_id, "at": msg.at,
+                          **{f"values.{k}": v for k, v in values.items()}}},
+                upsert=True,
+            )
+            await self.bus.publish(VmMetrics(envid=msg.envid, slot=msg.slot, one_id=msg.one_id, values=values,
+                                             at=msg.at))

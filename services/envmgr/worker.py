@@ -1,0 +1,186 @@
+"""Applying plans: load an environment, plan, write, publish — and the timers and resync that keep it moving.
+
+Handlers call `Reconciler.reconcile(envid)`; nothing else writes environments. Writes follow the intent-first
+order of `Plan`: new slot documents are inserted before the environment's compare-and-set and before any command
+is published, so a crash at any point leaves either nothing, or an intent the next pass (or the provisioner's
+adoption by VM name) completes — never an unrecorded VM. A conflicting write by another replica makes us reload
+and plan again. Wake-ups requested by a plan (end of master_setup_time, deadlines) are in-process timers; the
+periodic resync covers them after a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from libs.common.db import Doc, Store
+from libs.common.bus import Bus
+from libs.common.errors import TransientError
+from libs.common.messages import utcnow
+from services.envmgr import metrics
+from services.envmgr.reconcile import Plan, Timing, env_event, plan_env
+
+log = logging.getLogger("carina.envmgr")
+
+
+class Reconciler:
+    """Drives environments towards their desired state.
+
+    Args:
+        store: MongoDB access.
+        bus: NATS access.
+        timing: deadlines.
+        clock: returns the current time (None for the real clock; tests inject one).
+    """
+
+    def __init__(self, store: Store, bus: Bus, timing: Timing, clock: Any = None) -> None:
+        self.store = store
+        self.bus = bus
+        self.timing = timing
+        self.clock = clock or utcnow
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._timers: dict[int, tuple[datetime, asyncio.TimerHandle]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _lock(self, envid: int) -> asyncio.Lock:
+        lock = self._locks.get(envid)
+        if lock is None:
+            lock = self._locks[envid] = asyncio.Lock()
+        return lock
+
+    async def reconcile(self, envid: int) -> None:
+        """Bring one environment a step (or several) closer to its desired state."""
+        async with self._lock(envid):
+            for _ in range(10):
+                started = time.perf_counter()
+                env = await self.store.envs.find_one({"_id": envid})
+                if env is None:
+                    return
+                slots = [s async for s in self.store.slots.find({"envid": envid, "gone": {"$ne": True}})]
+                peers = await self._peers(env)
+                plan = plan_env(env, slots, self.clock(), self.timing, peers)
+                applied = await self._apply(env, plan)
+                metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+                if applied:
+                    self._schedule(envid, plan.wake_at)
+                    return
+                metrics.RECONCILE_CONFLICTS.inc()
+            raise TransientError(f"environment {envid}: too many concurrent updates")
+
+    async def _peers(self, env: Doc) -> dict[str, Doc]:
+        groupid = env.get("groupid")
+        if groupid is None or not env.get("op") or env["op"].get("phase") != "waiting":
+            return {}
+        peers: dict[str, Doc] = {}
+        async for member in self.store.envs.find({"groupid": groupid}, {"spec": 0}):
+            peers[member["name"]] = member
+            if member["_id"] == env["op"].get("after_envid"):
+                peers["__predecessor__"] = member
+        return peers
+
+    async def _apply(self, env: Doc, plan: Plan) -> bool:
+        for doc in plan.slot_inserts:
+            try:
+                await self.store.slots.insert_one(doc)
+            except DuplicateKeyError:
+                pass  # written by an earlier pass that lost its compare-and-set: the same intent
+        new_env = env
+        if plan.env_set:
+            if not await self.store.cas_update("envs", env["_id"], int(env["version"]), plan.env_set):
+                return False
+            new_env = {**env, **plan.env_set, "version": int(env["version"]) + 1}
+        for sid, fields in plan.slot_sets.items():
+            await self.store.slots.update_one({"_id": sid}, {"$set": fields})
+        for jobid, fields in plan.job_sets.items():
+            await self._update_job(new_env, jobid, fields)
+        if plan.publish:
+            await self.bus.publish_all(plan.publish)
+        if plan.events:
+            job_status = next((f.get("status") for f in plan.job_sets.values() if f.get("status")), None)
+            for message in plan.events:
+                await self.bus.publish(env_event(new_env, message, job_status))
+                log.info(message, extra={"envid": env["_id"], "status": new_env.get("status")})
+        return True
+
+    async def _update_job(self, env: Doc, jobid: int, fields: Doc) -> None:
+        result = await self.store.jobs.update_one({"_id": jobid}, {"$set": fields})
+        if result.matched_count == 0:
+            # The gateway crashed between recording the operation and its job: repair the job record.
+            op = env.get("op") or env.get("failed") or {}
+            await self.store.jobs.update_one(
+                {"_id": jobid},
+                {"$set": fields, "$setOnInsert": {"envid": env["_id"], "service": env["service"], "name": env["name"],
+                                                  "type": op.get("type", "UNKNOWN"), "submit": utcnow(),
+                                                  "requested_by": "repair"}},
+                upsert=True,
+            )
+        status = fields.get("status")
+        if status in ("DONE", "FAIL", "ABORT"):
+            job = await self.store.jobs.find_one({"_id": jobid}, {"type": 1})
+            metrics.JOBS_TOTAL.labels(type=(job or {}).get("type", "?"), result=status).inc()
+
+    def _schedule(self, envid: int, when: datetime | None) -> None:
+        if when is None:
+            return
+        existing = self._timers.get(envid)
+        if existing is not None:
+            if existing[0] <= when:
+                return
+            existing[1].cancel()
+        delay = max(0.0, (when - datetime.now(UTC)).total_seconds()) + 0.01
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(delay, self._fire, envid)
+        self._timers[envid] = (when, handle)
+
+    def _fire(self, envid: int) -> None:
+        self._timers.pop(envid, None)
+        task = asyncio.create_task(self._safe_reconcile(envid, "timer"))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _safe_reconcile(self, envid: int, why: str) -> None:
+        try:
+            await self.reconcile(envid)
+        except Exception:  # noqa: BLE001 - the resync loop will try again
+            log.exception("reconcile failed", extra={"envid": envid, "trigger": why})
+
+    async def resync_once(self, concurrency: int = 8) -> int:
+        """Reconcile every environment with unfinished work (level-triggered safety net). Returns the count."""
+        envids: set[int] = set()
+        async for env in self.store.envs.find(
+            {"$or": [{"op": {"$ne": None}}, {"policy_status": "READY"}]}, {"_id": 1}
+        ):
+            envids.add(int(env["_id"]))
+        for envid in await self.store.slots.distinct("envid", {"live": False, "gone": {"$ne": True}}):
+            envids.add(int(envid))
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(envid: int) -> None:
+            async with semaphore:
+                await self._safe_reconcile(envid, "resync")
+
+        await asyncio.gather(*(one(e) for e in sorted(envids)))
+        return len(envids)
+
+    async def refresh_gauges(self) -> None:
+        counts: dict[str, int] = {}
+        async for row in self.store.envs.aggregate([{"$group": {"_id": "$policy_status", "n": {"$sum": 1}}}]):
+            counts[str(row["_id"])] = int(row["n"])
+        for status in ("INIT", "READY", "ACTIVE", "PASSIVE", "FAILED", "DONE"):
+            metrics.ENVIRONMENTS.labels(policy_status=status).set(counts.get(status, 0))
+        metrics.VMS.clear()
+        async for row in self.store.slots.aggregate([
+            {"$match": {"live": True}},
+            {"$group": {"_id": {"l": "$lifecycle", "z": "$zone"}, "n": {"$sum": 1}}},
+        ]):
+            metrics.VMS.labels(lifecycle=str(row["_id"].get("l")), zone=str(row["_id"].get("z"))).set(row["n"])
+
+    def close(self) -> None:
+        for _, handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()

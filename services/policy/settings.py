@@ -1,0 +1,17 @@
+"""Policy settings (`CARINA_POLICY_…`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.common.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CARINA_POLICY_", extra="ignore", env_ignore_empty=True)
+
+    tick_interval: float = Field(10.0, gt=0, description="seconds between policy ticks (Carina: 60)")
+    lease_ttl: float = Field(6.0, gt=0, description="ticker lease: a standby ticker takes over within this")
+    metric_max_age: float = Field(120.0, gt=0, description="guest metrics older than this are ignored")
+    concurrency: int = Field(8, ge=1, le=256, description="environments evaluated at once")

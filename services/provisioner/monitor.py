@@ -1,0 +1,152 @@
+"""Zone monitoring: poll each zone Carina has VMs in and publish `vm.status` when something changed.
+
+One watcher per (service, endpoint) — the service's credentials see the service's VMs — holding a lease so that
+several provisioner replicas don't all poll the same zone. A watcher polls fast while any VM is booting or
+terminating (so an environment moves on within a fraction of a second, not OneFlow's 30-90 s), and slowly
+otherwise. It reports state, IP, host and CPU (a CPU change only when it moved by `cpu_report_delta` points or
+every 30 s), and notices VMs that vanished: DONE, or MISSING when the zone no longer knows the id — a VM deleted
+behind Carina's back. VMs tagged as Carina's whose slot is unknown are counted as orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from libs.common.bus import Lease
+from libs.common.messages import VmStatus
+from libs.common.runner import ServiceContext
+from services.provisioner.one_client import VmView, ZoneNotFound, ZoneUnavailable
+from services.provisioner.settings import Settings
+from services.provisioner.zones import ZoneRegistry
+
+log = logging.getLogger("carina.provisioner.monitor")
+
+TRANSIENT = {"REQUESTED", "PENDING", "PROLOG", "BOOT", "SHUTDOWN", "EPILOG", "HOLD"}
+ORPHANS = Gauge("carina_provisioner_orphan_vms", "VMs tagged CARINA_SLOT with no matching slot", ["zone"])
+POLLS = Counter("carina_provisioner_zone_polls_total", "Zone polls, by zone and result", ["zone", "result"])
+
+
+class ZoneMonitor:
+    def __init__(self, ctx: ServiceContext, zones: ZoneRegistry, settings: Settings) -> None:
+        self.ctx = ctx
+        self.zones = zones
+        self.settings = settings
+        self._watchers: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    async def supervise(self) -> None:
+        """Start a watcher for every zone with Carina VMs; stop watchers of zones with none left."""
+        while not self.ctx.stopping.is_set():
+            keys: set[tuple[str, str]] = set()
+            async for row in self.ctx.store.slots.aggregate([
+                {"$match": {"gone": {"$ne": True}}},
+                {"$group": {"_id": {"service": "$service", "endpoint": "$endpoint"}}},
+            ]):
+                keys.add((row["_id"]["service"], row["_id"]["endpoint"]))
+            for key in keys - self._watchers.keys():
+                self._watchers[key] = asyncio.create_task(self._watch(*key), name=f"watch-{key[0]}-{key[1]}")
+            for key in set(self._watchers) - keys:
+                self._watchers.pop(key).cancel()
+            for key, task in list(self._watchers.items()):
+                if task.done():
+                    self._watchers.pop(key)
+            await self.ctx.sleep(2.0)
+        for task in self._watchers.values():
+            task.cancel()
+
+    async def _watch(self, service: str, endpoint: str) -> None:
+        lease = Lease(self.ctx.bus, f"monitor.{service}.{endpoint}".replace(" ", "_"), self.ctx.instance, ttl=10)
+        reported: dict[str, tuple[Any, ...]] = {}
+        cpu_reported: dict[str, tuple[float, float]] = {}
+        tick = 0
+        try:
+            while not self.ctx.stopping.is_set():
+                if not await lease.try_acquire_or_renew():
+                    reported.clear()
+                    await self.ctx.sleep(2.0)
+                    continue
+                busy = await self._poll(service, endpoint, reported, cpu_reported, with_cpu=(tick % 5 == 0))
+                tick += 1
+                await self.ctx.sleep(self.settings.monitor_fast_interval if busy else self.settings.monitor_interval)
+        except asyncio.CancelledError:
+            await lease.release()
+            raise
+
+    async def _poll(self, service: str, endpoint: str, reported: dict[str, tuple[Any, ...]],
+                    cpu_reported: dict[str, tuple[float, float]], with_cpu: bool) -> bool:
+        slots = [s async for s in self.ctx.store.slots.find(
+            {"service": service, "endpoint": endpoint, "gone": {"$ne": True}},
+            {"nonce": 0, "params": 0})]
+        if not slots:
+            return False
+        zone_name = slots[0]["zone"]
+        try:
+            zone = await self.zones.client(service, endpoint)
+            vms = {vm.id: vm for vm in await zone.pool()}
+            cpu_by_id = await zone.monitoring() if with_cpu else {}
+            POLLS.labels(zone=zone_name, result="ok").inc()
+        except ZoneUnavailable as exc:
+            POLLS.labels(zone=zone_name, result="unavailable").inc()
+            log.info("zone poll failed", extra={"zone": zone_name, "reason": str(exc)})
+            return False
+        except Exception as exc:  # noqa: BLE001 - a misconfigured endpoint must not kill the watcher
+            POLLS.labels(zone=zone_name, result="error").inc()
+            log.warning("zone poll failed", extra={"zone": zone_name, "reason": str(exc)})
+            return False
+        busy = False
+        known_slots = {s["_id"] for s in slots}
+        ORPHANS.labels(zone=zone_name).set(sum(
+            1 for vm in vms.values()
+            if vm.user_template.get("CARINA_SLOT") and vm.user_template.get("CARINA_SERVICE") == service
+            and vm.user_template["CARINA_SLOT"] not in known_slots
+            and not vm.user_template["CARINA_SLOT"].startswith(tuple(f"{s['envid']}:" for s in slots[:0]))))
+        now = time.monotonic()
+        for slot in slots:
+            lifecycle = slot.get("lifecycle") or "REQUESTED"
+            if slot.get("one_id") is None:
+                busy = busy or (lifecycle in TRANSIENT and slot.get("live"))
+                continue
+            vm = vms.get(int(slot["one_id"]))
+            status = await self._status(zone, slot, vm, zone_name)
+            if status is None:
+                continue
+            if with_cpu and status.one_id in cpu_by_id:
+                cpu, mem = cpu_by_id[status.one_id]
+                status = status.model_copy(update={"cpu": cpu if cpu is not None else status.cpu,
+                                                   "memory": mem if mem is not None else status.memory})
+            key = (status.lifecycle, status.ip, status.host, status.one_id)
+            busy = busy or status.lifecycle in TRANSIENT or (not slot.get("live") and status.lifecycle not in
+                                                             ("DONE", "MISSING"))
+            changed = reported.get(slot["_id"]) != key or slot.get("lifecycle") != status.lifecycle
+            last_cpu = cpu_reported.get(slot["_id"])
+            cpu_due = status.cpu is not None and (
+                last_cpu is None or abs(last_cpu[0] - status.cpu) >= self.settings.cpu_report_delta
+                or now - last_cpu[1] > 30)
+            if changed or cpu_due:
+                await self.ctx.bus.publish(status)
+                reported[slot["_id"]] = key
+                if status.cpu is not None:
+                    cpu_reported[slot["_id"]] = (status.cpu, now)
+        return busy
+
+    async def _status(self, zone: Any, slot: dict[str, Any], vm: VmView | None, zone_name: str) -> VmStatus | None:
+        base = {"envid": slot["envid"], "slot": slot["_id"], "incarnation": slot["incarnation"], "zone": zone_name,
+                "one_id": int(slot["one_id"])}
+        if vm is not None:
+            return VmStatus(**base, lifecycle=vm.lifecycle, state=vm.state, lcm_state=vm.lcm_state, ip=vm.ip,
+                            host=vm.host, cpu=vm.cpu, memory=vm.memory)
+        if slot.get("lifecycle") in ("DONE", "MISSING"):
+            return None  # already known to be gone
+        # Not in the pool of live VMs: DONE (terminated) or deleted behind our back.
+        try:
+            info = await zone.info(int(slot["one_id"]))
+        except ZoneNotFound:
+            return VmStatus(**base, lifecycle="MISSING")
+        except ZoneUnavailable:
+            return None
+        return VmStatus(**base, lifecycle=info.lifecycle, state=info.state, lcm_state=info.lcm_state, ip=info.ip,
+                        host=info.host)

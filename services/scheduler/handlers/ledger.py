@@ -1,0 +1,128 @@
+"""The scheduler's I/O shell: the durable request ledger in MongoDB and the allocation loop around `Allocator`.
+
+Any replica receives `pool.request` / `pool.release` / `pool.cancel` and records them in the `requests`
+collection (a new request as PEND; a release or cancel as a flag on the request) marked `dirty`. Only the replica
+holding the allocator lease (NATS KV) runs allocation passes: when it becomes leader it rebuilds the `Allocator`
+from the ledger (Carina's scheduler did the same from Redis on start), then on every pass it applies the dirty
+entries, steps, writes the changed requests back, and publishes grants and reclaims. A standby takes over within
+the lease TTL; because the ledger is written before grants are published and grants carry the request id, a
+grant re-published after a takeover is deduplicated (same `Nats-Msg-Id`) and never granted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from libs.common.bus import Delivery, Lease
+from libs.common.globalconfig import GlobalConfig
+from libs.common.messages import PoolCancel, PoolGrant, PoolReclaim, PoolRelease, PoolRequest, utcnow
+from libs.common.runner import ServiceContext
+from services.scheduler.allocator import Allocator, Grant, Reclaim, Request, RequestKind, RequestStatus
+from services.scheduler.settings import Settings
+
+log = logging.getLogger("carina.scheduler")
+
+GLOBAL_CONFIG_ID = "global:config"
+
+
+class LedgerHandlers:
+    def __init__(self, ctx: ServiceContext, settings: Settings) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.requests = ctx.store["requests"]
+        self.allocator: Allocator | None = None
+        self.config_revision: int | None = None
+
+    # --- message handlers (any replica) ------------------------------------------------------------------------
+
+    async def request(self, msg: PoolRequest, delivery: Delivery) -> None:
+        req = Request(reqid=msg.reqid, service=msg.service, envid=msg.envid, vcpus=msg.vcpus, memory=msg.memory,
+                      zone=msg.zone, target_pool=msg.pool, kind=RequestKind(msg.kind))
+        doc = {k: v for k, v in req.to_dict().items() if v is not None}
+        doc["submitted_at"] = utcnow().timestamp()
+        await self.requests.update_one({"_id": msg.reqid}, {"$setOnInsert": {**doc, "dirty": True}}, upsert=True)
+
+    async def release(self, msg: PoolRelease, delivery: Delivery) -> None:
+        await self.requests.update_one({"_id": msg.reqid}, {"$set": {"release_requested": True, "dirty": True}})
+
+    async def cancel(self, msg: PoolCancel, delivery: Delivery) -> None:
+        await self.requests.update_many({"service": msg.service, "envid": msg.envid},
+                                        {"$set": {"cancel_requested": True, "dirty": True}})
+
+    # --- allocation (lease holder only) ------------------------------------------------------------------------
+
+    async def _load_config(self) -> GlobalConfig | None:
+        doc = await self.ctx.store.configs.find_one({"_id": GLOBAL_CONFIG_ID})
+        if doc is None:
+            return None
+        revision = int(doc.get("revision", 0))
+        config = GlobalConfig.model_validate(doc["doc"])
+        if self.allocator is not None and revision != self.config_revision:
+            await self._persist_effects(self.allocator.update_config(config))
+        self.config_revision = revision
+        return config
+
+    async def _become_leader(self, config: GlobalConfig) -> Allocator:
+        persisted: list[Request] = []
+        async for doc in self.requests.find({"status": {"$in": ["PEND", "ALLOCATED"]}}):
+            persisted.append(Request.from_dict(_request_fields(doc)))
+        allocator = Allocator.restore(config, persisted, lease_ttl=self.settings.grant_ttl,
+                                      reclaim_window=self.settings.reclaim_throttle)
+        log.info("allocator lease acquired; ledger restored", extra={"requests": len(persisted)})
+        return allocator
+
+    async def allocation_loop(self) -> None:
+        lease = Lease(self.ctx.bus, "scheduler.allocator", self.ctx.instance, ttl=self.settings.lease_ttl)
+        try:
+            while not self.ctx.stopping.is_set():
+                if not await lease.try_acquire_or_renew():
+                    self.allocator = None
+                    await self.ctx.sleep(min(1.0, self.settings.lease_ttl / 3))
+                    continue
+                config = await self._load_config()
+                if config is not None:
+                    if self.allocator is None:
+                        self.allocator = await self._become_leader(config)
+                    await self._pass(self.allocator)
+                await self.ctx.sleep(self.settings.interval)
+        finally:
+            await lease.release()
+
+    async def _pass(self, allocator: Allocator) -> None:
+        async for doc in self.requests.find({"dirty": True}):
+            reqid = int(doc["_id"])
+            if doc.get("cancel_requested"):
+                allocator.cancel(doc["service"], int(doc["envid"]))
+            elif doc.get("release_requested"):
+                allocator.release(reqid)
+            elif doc.get("status", "PEND") == "PEND" and reqid not in {r.reqid for r in allocator.requests()}:
+                allocator.submit(Request.from_dict(_request_fields(doc)))
+            await self.requests.update_one({"_id": reqid, "dirty": True}, {"$set": {"dirty": False}})
+        # Holders alive renew their grants: environments still active keep their capacity.
+        await self._persist_effects(allocator.step())
+
+    async def _persist_effects(self, effects: list[Any]) -> None:
+        allocator = self.allocator
+        if allocator is None:
+            return
+        for req in allocator.drain_changes():
+            await self.requests.update_one({"_id": req.reqid}, {"$set": req.to_dict()}, upsert=True)
+        for effect in effects:
+            if isinstance(effect, Grant):
+                await self.ctx.bus.publish(PoolGrant(reqid=effect.reqid, service=effect.service, envid=effect.envid,
+                                                     pool=effect.pool, vcpus=effect.vcpus, memory=effect.memory))
+            elif isinstance(effect, Reclaim):
+                await self.ctx.bus.publish(PoolReclaim(reqid=effect.reqid, service=effect.service,
+                                                       envid=effect.envid, for_reqid=effect.for_reqid))
+            else:
+                log.info("ledger effect", extra={"effect": type(effect).__name__, "detail": repr(effect)})
+
+
+def _request_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    known = {"reqid", "service", "envid", "vcpus", "memory", "zone", "target_pool", "kind", "submitted_at", "status",
+             "pool", "lease_expires_at", "granted_at", "reclaimed_at", "ended_at", "reason"}
+    out = {k: v for k, v in doc.items() if k in known}
+    out["reqid"] = int(doc["_id"])
+    out.setdefault("status", RequestStatus.PEND.value)
+    return out
