@@ -709,7 +709,7 @@ class Allocator:
                     continue
                 usable.append(pool)
                 free_mv = pool.cap_mv - pool.used_mv
-                if free_mv < mv:
+                if free_mv < mv or pool.cap_mem - pool.used_mem < mem:
                     continue
                 if best is None or (free_mv, pool.cap_mem - pool.used_mem, pool.name) < (
                     best.cap_mv - best.used_mv,

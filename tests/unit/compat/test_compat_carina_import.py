@@ -63,7 +63,7 @@ def test_example_global_documents_are_accepted_by_the_scheduler_model() -> None:
     carina_shaped = GlobalConfig.from_carina(parse_constants((EXAMPLES / "global.rb").read_text()))
     assert imported == native == carina_shaped
     assert native.pools["zone1"].service_class.label == "gold"
-    assert native.pools["zone2"].service_class.label == "silver"
+    assert native.pools["zone2"].service_class.label == "gold"
 
 
 def test_example_environments_are_the_ones_the_docs_promise() -> None:
