@@ -141,7 +141,8 @@ class Bus:
         while True:
             attempt += 1
             try:
-                self.nc = await nats.connect(
+                # nats-py retries an initial connection forever when reconnects are unlimited: bound it ourselves.
+                self.nc = await asyncio.wait_for(nats.connect(
                     servers=self.servers,
                     name=self.name,
                     user=self.user,
@@ -153,12 +154,13 @@ class Bus:
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
-                )
+                ), timeout=max(1.0, deadline - time.monotonic()))
                 self._js = self.nc.jetstream(timeout=5)
                 log.info("connected to NATS", extra={"servers": self._safe_servers(), "attempts": attempt})
                 return
             except Exception as exc:  # noqa: BLE001 - any failure to connect is retried until the deadline
-                last_error = f"{type(exc).__name__}: {exc}".strip(": ")
+                last_error = f"{type(exc).__name__}: {exc}".strip(": ") if not isinstance(exc, TimeoutError) else ""
+                last_error = last_error or "connection refused or timed out"
                 if time.monotonic() >= deadline:
                     raise StartupError(
                         f"cannot reach NATS at {', '.join(self._safe_servers())} after {attempt} attempts "
@@ -171,7 +173,9 @@ class Bus:
         return [s.split("@")[-1] for s in self.servers]
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("NATS connection error", extra={"error": f"{type(exc).__name__}: {exc}"})
+        # Before the first connection every refused attempt lands here; `connect` reports the outcome once.
+        level = logging.WARNING if self._js is not None else logging.DEBUG
+        log.log(level, "NATS connection error", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     async def _on_disconnected(self) -> None:
         if not self._stopping.is_set():

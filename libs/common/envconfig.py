@@ -166,12 +166,12 @@ def _cross_check(config: ServiceConfig, vm_files: set[str] | None) -> list[tuple
                 if role == "slave_template" and env.num_slaves > 0:
                     problems.append((f"{path}.slave_template", "required when num_slaves > 0"))
                 continue
-            template = config.templates.get(tname)
-            if template is None:
+            used = config.templates.get(tname)
+            if used is None:
                 problems.append((f"{path}.{role}", f"unknown template '{tname}'"))
-            elif template.file is not None and env.endpoint in config.endpoints:
+            elif used.file is not None and env.endpoint in config.endpoints:
                 for key in ("network_id", "image_id"):
-                    if getattr(template, key) and env.endpoint not in getattr(template, key):
+                    if getattr(used, key) and env.endpoint not in getattr(used, key):
                         problems.append((f"templates.{tname}.{key}",
                                          f"has no entry for endpoint '{env.endpoint}' used by environment '{name}'"))
         problems += _check_policies(path, env)

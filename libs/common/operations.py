@@ -13,6 +13,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+from pymongo.errors import DuplicateKeyError
+
 from libs.common.db import Doc, Store
 from libs.common.envconfig import Group, ServiceConfig, validate_service_config
 from libs.common.errors import NotFoundError, OperationRefused, ValidationFailed
@@ -126,13 +128,9 @@ async def create_environment(
         repeated call with the same `request_id` returns the first result instead of creating a second environment.
     """
     if request_id is not None:
-        existing = await store.envs.find_one({"service": service, "request_id": request_id})
-        if existing is not None:
-            ids = [(existing["_id"], existing["op"]["jobid"] if existing.get("op") else 0)]
-            if existing.get("groupid") == existing["_id"]:
-                async for member in store.envs.find({"groupid": existing["_id"], "_id": {"$ne": existing["_id"]}}):
-                    ids.append((member["_id"], member["op"]["jobid"] if member.get("op") else 0))
-            return ids
+        existing = await _existing_request(store, service, request_id)
+        if existing:
+            return existing
     config, cdoc = await load_service_config(store, service)
     target = config.environments.get(config_name)
     if target is None:
@@ -140,12 +138,8 @@ async def create_environment(
         raise NotFoundError(f"Cannot find configuration for {config_name} (known: {known})")
     now = utcnow()
     revision = int(cdoc.get("revision", 1))
-    if isinstance(target, Group):
-        members = target.members
-        specs = [await environment_spec(store, service, config, m, revision) for m in members]
-    else:
-        members = [config_name]
-        specs = [await environment_spec(store, service, config, config_name, revision)]
+    members: list[str] = list(target.members) if isinstance(target, Group) else [config_name]
+    specs = [await environment_spec(store, service, config, m, revision) for m in members]
     ids = [(await store.next_id("envid"), await store.next_id("jobid")) for _ in members]
     groupid = ids[0][0] if isinstance(target, Group) else None
     docs, jobs = [], []
@@ -159,10 +153,30 @@ async def create_environment(
         jobs.append(_job_doc(jobid, envid, service, member, "CREATE", "PENDING" if waiting_for else "RUNNING", now,
                              requested_by, groupid=groupid, predjob=ids[position - 1][1] if position > 0 else None,
                              group=config_name if group else None))
-    # Jobs first: an environment whose job is missing is repaired by envmgr, but a job without its environment
-    # would be an orphan in the listing.
+    # Environments first: the unique (service, request_id) index makes a racing duplicate request fail here,
+    # before it wrote anything else. A crash before the jobs are written is repaired by envmgr, which re-creates
+    # the job record an environment refers to.
+    try:
+        await store.envs.insert_many(docs)
+    except DuplicateKeyError:
+        if request_id is not None:
+            existing = await _existing_request(store, service, request_id)
+            if existing:
+                return existing
+        raise
     await store.jobs.insert_many(jobs)
-    await store.envs.insert_many(docs)
+    return ids
+
+
+async def _existing_request(store: Store, service: str, request_id: str) -> list[tuple[int, int]]:
+    """The ids of an earlier create with the same idempotency key (group members included), or []."""
+    existing = await store.envs.find_one({"service": service, "request_id": request_id})
+    if existing is None:
+        return []
+    ids = [(int(existing["_id"]), int((existing.get("op") or existing.get("failed") or {}).get("jobid") or 0))]
+    if existing.get("groupid") == existing["_id"]:
+        async for member in store.envs.find({"groupid": existing["_id"], "_id": {"$ne": existing["_id"]}}):
+            ids.append((int(member["_id"]), int((member.get("op") or member.get("failed") or {}).get("jobid") or 0)))
     return ids
 
 

@@ -192,7 +192,8 @@ class DevStack:
         loaded = []
         with httpx.Client(base_url=self.gateway_url, headers=headers, timeout=30) as client:
             for vm in sorted((examples / "templates").glob("*.vm")):
-                client.put(f"/api/v1/templates/{vm.name}", content=vm.read_bytes()).raise_for_status()
+                client.put(f"/api/v1/templates/{vm.name}", content=vm.read_bytes(),
+                           headers={"Content-Type": "text/plain"}).raise_for_status()
                 loaded.append(vm.name)
             config = examples / "carina.yaml"
             if config.exists():
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(f"stack: {', '.join(dead)} exited; stopping\n")
                 return 1
         return 0
-    except (RuntimeError, TimeoutError, OSError) as exc:
+    except (RuntimeError, TimeoutError, OSError, httpx.HTTPError) as exc:
         sys.stderr.write(f"stack: {exc}\n")
         return 1
     finally:

@@ -169,12 +169,12 @@ class Reconciler:
 
     async def refresh_gauges(self) -> None:
         counts: dict[str, int] = {}
-        async for row in self.store.envs.aggregate([{"$group": {"_id": "$policy_status", "n": {"$sum": 1}}}]):
+        async for row in await self.store.envs.aggregate([{"$group": {"_id": "$policy_status", "n": {"$sum": 1}}}]):
             counts[str(row["_id"])] = int(row["n"])
         for status in ("INIT", "READY", "ACTIVE", "PASSIVE", "FAILED", "DONE"):
             metrics.ENVIRONMENTS.labels(policy_status=status).set(counts.get(status, 0))
         metrics.VMS.clear()
-        async for row in self.store.slots.aggregate([
+        async for row in await self.store.slots.aggregate([
             {"$match": {"live": True}},
             {"$group": {"_id": {"l": "$lifecycle", "z": "$zone"}, "n": {"$sum": 1}}},
         ]):

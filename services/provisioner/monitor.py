@@ -42,7 +42,7 @@ class ZoneMonitor:
         """Start a watcher for every zone with Carina VMs; stop watchers of zones with none left."""
         while not self.ctx.stopping.is_set():
             keys: set[tuple[str, str]] = set()
-            async for row in self.ctx.store.slots.aggregate([
+            async for row in await self.ctx.store.slots.aggregate([
                 {"$match": {"gone": {"$ne": True}}},
                 {"$group": {"_id": {"service": "$service", "endpoint": "$endpoint"}}},
             ]):
@@ -108,7 +108,7 @@ class ZoneMonitor:
         for slot in slots:
             lifecycle = slot.get("lifecycle") or "REQUESTED"
             if slot.get("one_id") is None:
-                busy = busy or (lifecycle in TRANSIENT and slot.get("live"))
+                busy = busy or (lifecycle in TRANSIENT and bool(slot.get("live")))
                 continue
             vm = vms.get(int(slot["one_id"]))
             status = await self._status(zone, slot, vm, zone_name)

@@ -150,7 +150,10 @@ class ZoneClient:
         server = getattr(self._local, "server", None)
         if server is None:
             server = pyone.OneServer(self.url, session=self._session)
-            server._ServerProxy__transport = _TimedTransport(min(5.0, self.timeout), self.timeout)
+            transport = _TimedTransport(min(5.0, self.timeout), self.timeout)
+            transport.set_https(self.url.startswith("https"))
+            transport.set_https_verify(True)
+            server._ServerProxy__transport = transport
             self._local.server = server
         return server
 

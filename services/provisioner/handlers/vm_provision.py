@@ -15,6 +15,7 @@ Intent was recorded by envmgr (the slot document) before this message was sent. 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from libs.common.auth import guest_token
 from libs.common.bus import Bus, Delivery
@@ -30,9 +31,9 @@ from services.provisioner.zones import ZoneRegistry
 log = logging.getLogger("carina.provisioner")
 
 
-def status_of(envid: int, slot: dict[str, object], zone: str, vm: VmView) -> VmStatus:
-    return VmStatus(envid=envid, slot=str(slot["_id"]), incarnation=int(slot["incarnation"]),  # type: ignore[call-overload]
-                    zone=zone, one_id=vm.id, lifecycle=vm.lifecycle, state=vm.state,  # type: ignore[arg-type]
+def status_of(envid: int, slot: dict[str, Any], zone: str, vm: VmView) -> VmStatus:
+    return VmStatus(envid=envid, slot=str(slot["_id"]), incarnation=int(slot["incarnation"]),
+                    zone=zone, one_id=vm.id, lifecycle=vm.lifecycle, state=vm.state,
                     lcm_state=vm.lcm_state, ip=vm.ip, host=vm.host, cpu=vm.cpu, memory=vm.memory)
 
 
@@ -63,22 +64,22 @@ class ProvisionHandler:
             return
         await self.bus.publish(status_of(msg.envid, slot, slot["zone"], vm))
 
-    async def _ensure(self, zone: ZoneClient, env: dict[str, object], slot: dict[str, object]) -> VmView:
+    async def _ensure(self, zone: ZoneClient, env: dict[str, Any], slot: dict[str, Any]) -> VmView:
         existing = await zone.find_by_name(str(slot["name"]))
         if existing:
             vm = min(existing, key=lambda v: v.id)
             log.info("adopted existing VM", extra={"slot": slot["_id"], "one_id": vm.id})
             return vm
-        token = guest_token(self.token_secret, str(slot["_id"]), int(slot["incarnation"]),  # type: ignore[call-overload]
+        token = guest_token(self.token_secret, str(slot["_id"]), int(slot["incarnation"]),
                             str(slot["nonce"]))
-        role_spec = env["spec"][slot["role"]] or env["spec"]["master"]  # type: ignore[index]
+        role_spec = env["spec"][slot["role"]] or env["spec"]["master"]
         crashpoint("provisioner.before_allocate")
         try:
             if role_spec.get("template_id") is not None:
-                extra = render_extra(env, slot, self.settings.public_url, token, self.settings.notify_mode)  # type: ignore[arg-type]
+                extra = render_extra(env, slot, self.settings.public_url, token, self.settings.notify_mode)
                 vmid = await zone.instantiate(int(role_spec["template_id"]), str(slot["name"]), extra)
             else:
-                text = render_vm(env, slot, self.settings.public_url, token, self.settings.notify_mode)  # type: ignore[arg-type]
+                text = render_vm(env, slot, self.settings.public_url, token, self.settings.notify_mode)
                 vmid = await zone.allocate(text)
         except ZoneUnavailable:
             # Indeterminate: the zone may have created the VM and lost the reply. Look again before retrying.

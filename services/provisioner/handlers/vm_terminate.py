@@ -65,5 +65,5 @@ class TerminateHandler:
 
     async def _report_missing(self, msg: VmTerminate, slot: dict[str, object], error: str | None) -> None:
         await self.bus.publish(VmStatus(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
-                                        zone=str(slot["zone"]), one_id=slot.get("one_id"),  # type: ignore[arg-type]
+                                        zone=str(slot["zone"]), one_id=slot.get("one_id"),
                                         lifecycle="MISSING", error=error))

@@ -95,11 +95,13 @@ def test_best_fit_picks_the_eligible_pool_with_least_free_vcpus() -> None:
     alloc.check_invariants()
 
 
-def test_best_fit_skips_a_pool_without_enough_memory() -> None:
-    cfg = config({"a": ("z1", 2, 512, "bronze"), "b": ("z1", 4, 4096, "bronze")}, SERVICES)
+def test_best_fit_skips_a_pool_without_enough_free_memory() -> None:
+    cfg = config({"a": ("z1", 2, 1024, "bronze"), "b": ("z1", 4, 4096, "bronze")}, SERVICES)
     alloc = Allocator(cfg, clock=FakeClock())
-    alloc.submit(req(1, "bronze", vcpus=1, memory=1024))
-    assert [g.pool for g in grants(alloc.step())] == ["b"]
+    alloc.submit(req(1, "bronze", vcpus=0.5, memory=600), now=1)
+    assert [g.pool for g in grants(alloc.step(now=2))] == ["a"]
+    alloc.submit(req(2, "bronze", vcpus=1, memory=600), now=3)  # "a" has the vCPU but only 424 MiB left
+    assert [g.pool for g in grants(alloc.step(now=4))] == ["b"]
 
 
 def test_target_pool_names_the_zone_like_carina() -> None:
@@ -263,6 +265,18 @@ def test_only_lower_class_scaleups_are_reclaimed() -> None:
     assert [r.reqid for r in reclaims(alloc.step(now=6))] == [3]
     alloc.submit(req(5, "plat"), now=7)
     assert reclaims(alloc.step(now=8)) == []  # 1 and 2 cannot be taken, 3 is already on its way
+
+
+def test_a_same_class_borrower_is_not_a_victim() -> None:
+    cfg = config({"plat": ("z1", 2, 4096, "platinum")}, SERVICES)
+    alloc = Allocator(cfg, clock=FakeClock(0))
+    alloc.submit(req(1, "gold"), now=1)
+    alloc.submit(req(2, "gold"), now=2)
+    alloc.step(now=3)
+    alloc.submit(req(3, "gold"), now=4)
+    assert reclaims(alloc.step(now=5)) == []  # gold borrows platinum, but only a higher class may take it back
+    alloc.submit(req(4, "plat"), now=6)
+    assert [r.reqid for r in reclaims(alloc.step(now=7))] == [2]
 
 
 def test_lowest_class_victim_first() -> None:
@@ -446,6 +460,15 @@ def test_restore_from_the_ledger_rebuilds_availability_and_decides_the_same() ->
     assert restored.service_usage() == alloc.service_usage()
     assert restored.snapshot() == alloc.snapshot()
     assert restored.step(now=20) == alloc.step(now=20)
+    reclaimed = sorted(r.reqid for r in alloc.requests(RequestStatus.ALLOCATED) if r.reclaimed_at is not None)
+    assert reclaimed  # the gold request made bronze give some back
+    # an outstanding reclaim survives a restart: not repeated within the window, and its lease is not renewed
+    again = Allocator.restore(cfg, alloc.snapshot(), clock=clock)
+    assert again.step(now=30) == []
+    again.renew("bronze", now=31)
+    assert [again.get(r).lease_expires_at for r in reclaimed] == [  # type: ignore[union-attr]
+        alloc.get(r).lease_expires_at for r in reclaimed  # type: ignore[union-attr]
+    ]
     # a resubmitted reqid is still recognised after the restart
     assert restored.submit(req(1, "bronze", envid=1)).status is RequestStatus.ALLOCATED
 
