@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import nats
 import pytest
 
 from libs.common.bus import Bus
@@ -155,4 +154,3 @@ async def test_connect_gives_up_with_a_clear_error() -> None:
     with pytest.raises(StartupError, match="cannot reach NATS"):
         await bus.connect(timeout=1.5)
     assert time.monotonic() - started < 6
-    del nats
