@@ -60,7 +60,8 @@ class StackConfig:
                      zone_ports=(free_port(), free_port()), probe_base=0, echo=False, load_examples=False,
                      write_cli_config=False,
                      zone_args=["--boot-seconds", "0.3", "--guest-seconds", "0.2", "--guest-poll-seconds", "0.1",
-                                "--monitor-seconds", "1", "--shutdown-seconds", "0.2", "--sched-seconds", "0"])
+                                "--monitor-seconds", "1", "--shutdown-seconds", "0.2", "--sched-seconds", "0",
+                                "--host-cpu", "6400", "--host-memory", "262144"])
         for key, value in overrides.items():
             setattr(config, key, value)
         return config

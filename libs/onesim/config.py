@@ -70,8 +70,8 @@ class ZoneConfig:
     # guests
     guest_seconds: float = 0.5
     guest_http_timeout: float = 5.0
-    guest_retries: int = 4
-    guest_backoff: float = 0.2
+    guest_retries: int = 8
+    guest_backoff: float = 0.25
     guest_poll_seconds: float = 2.0
     guest_metrics: bool = False
     guest_metrics_seconds: float = 5.0

@@ -162,7 +162,7 @@ class GuestRunner(GuestHooks):
             except httpx.HTTPError as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             if attempt < self.cfg.guest_retries:
-                await asyncio.sleep(self.cfg.guest_backoff * (2 ** (attempt - 1)))
+                await asyncio.sleep(min(5.0, self.cfg.guest_backoff * (2 ** (attempt - 1))))
         self._note(rec, "errors", {"kind": kind, "url": url.split("?")[0], "error": last_error, "time": time.time()})
         self._note(rec, "reports", {
             "kind": kind, "method": method, "url": url.split("?")[0], "params": shown, "status_code": None,

@@ -767,13 +767,12 @@ class Allocator:
             free_mv[name] = free_mv.get(name, 0) + victim.mv
             free_mem[name] = free_mem.get(name, 0) + victim.req.memory
             outstanding.setdefault(name, []).append(victim)
-        candidates: dict[str, list[_Entry]] = {}
-        taken: set[int] = set()
-        needed_pools: set[str] = set()
+        candidates: dict[str, _Victims] = {}
+        waiting_in: dict[str, list[_Entry]] = {}  # pool -> preemptees that may use it, highest priority first
         for entry, pools in preemptees:
             mv, mem = entry.mv, entry.req.memory
             for pool in pools:
-                needed_pools.add(pool.name)
+                waiting_in.setdefault(pool.name, []).append(entry)
             covered = [p for p in pools if free_mv[p.name] >= mv and free_mem[p.name] >= mem]
             if covered:
                 # enough is already on its way: promise it, reclaim nothing more
@@ -785,11 +784,10 @@ class Allocator:
             best_pool: _Pool | None = None
             best_cost: tuple[int, int, int] | None = None
             for pool in pools:
-                if pool.name not in candidates:
-                    candidates[pool.name] = self._victims_in(pool)
-                plan = _plan_victims(
-                    candidates[pool.name], entry.cls, mv - free_mv[pool.name], mem - free_mem[pool.name], taken
-                )
+                victims = candidates.get(pool.name)
+                if victims is None:
+                    victims = candidates[pool.name] = self._victims_in(pool)
+                plan = victims.plan(entry.cls, mv - free_mv[pool.name], mem - free_mem[pool.name])
                 if plan is None:
                     continue
                 cost = (sum(v.mv for v in plan), sum(v.req.memory for v in plan), len(plan))
@@ -798,24 +796,28 @@ class Allocator:
             if best_plan is None or best_pool is None:
                 continue  # nothing borrowable would make it fit: wait for releases
             for victim in best_plan:
-                taken.add(victim.req.reqid)
+                candidates[best_pool.name].take(victim)
                 free_mv[best_pool.name] += victim.mv
                 free_mem[best_pool.name] += victim.req.memory
                 effects.append(self._send_reclaim(victim, entry, now, resend=False))
             free_mv[best_pool.name] -= mv
             free_mem[best_pool.name] -= mem
-        # a reclaim whose message may have been lost is repeated after the window, while someone still waits
-        waiting_for = {p.name: e for e, pools in reversed(preemptees) for p in pools}
-        for name, victims in outstanding.items():
-            if name not in needed_pools:
+        # a reclaim whose message may have been lost is repeated after the window, while a request of a higher
+        # class than the victim still waits for that pool
+        for name, in_flight in outstanding.items():
+            waiting = waiting_in.get(name)
+            if not waiting:
                 continue
-            for victim in victims:
+            for victim in in_flight:
                 sent = victim.req.reclaimed_at
-                if sent is not None and now - sent >= self.reclaim_window:
-                    effects.append(self._send_reclaim(victim, waiting_for[name], now, resend=True))
+                if sent is None or now - sent < self.reclaim_window:
+                    continue
+                beneficiary = next((e for e in waiting if e.cls > victim.cls), None)
+                if beneficiary is not None:
+                    effects.append(self._send_reclaim(victim, beneficiary, now, resend=True))
         return effects
 
-    def _victims_in(self, pool: _Pool) -> list[_Entry]:
+    def _victims_in(self, pool: _Pool) -> _Victims:
         """Borrowed grants in `pool` that may be reclaimed, most reclaimable first (lowest class, newest)."""
         victims = [
             e
@@ -823,7 +825,7 @@ class Allocator:
             if e.cls < pool.cls and e.req.kind is RequestKind.SCALEUP and e.req.reqid not in self._reclaiming
         ]
         victims.sort(key=lambda e: (e.cls, -(e.req.granted_at or 0.0), -e.req.reqid))
-        return victims
+        return _Victims(victims)
 
     def _send_reclaim(self, victim: _Entry, waiting: _Entry, now: float, *, resend: bool) -> Reclaim:
         req = victim.req
@@ -1057,29 +1059,52 @@ def _validate_shape(req: Request) -> str | None:
     return None
 
 
-def _plan_victims(
-    candidates: list[_Entry], below_cls: int, need_mv: int, need_mem: int, taken: set[int]
-) -> list[_Entry] | None:
-    """The fewest-and-smallest set of victims (of class < `below_cls`) covering the missing capacity, or None."""
-    plan: list[_Entry] = []
-    left_mv, left_mem = need_mv, need_mem
-    for victim in candidates:
-        if left_mv <= 0 and left_mem <= 0:
-            break
-        if victim.cls >= below_cls:
-            break  # sorted by class: nothing further down is lower
-        if victim.req.reqid in taken:
-            continue
-        if (left_mv > 0 and victim.mv > 0) or (left_mem > 0 and victim.req.memory > 0):
-            plan.append(victim)
-            left_mv -= victim.mv
-            left_mem -= victim.req.memory
-    if left_mv > 0 or left_mem > 0:
-        return None
-    # drop victims the others already cover, so no more is reclaimed than needed
-    for victim in list(plan):
-        if left_mv + victim.mv <= 0 and left_mem + victim.req.memory <= 0:
-            plan.remove(victim)
-            left_mv += victim.mv
-            left_mem += victim.req.memory
-    return plan
+class _Victims:
+    """One pool's reclaimable grants during a pass, with running totals so hopeless plans are refused at once."""
+
+    __slots__ = ("entries", "taken", "below_mv", "below_mem")
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        self.entries = entries
+        self.taken: set[int] = set()
+        # below_x[c]: what untaken victims of a class lower than c hold
+        levels = len(ServiceClass) + 1
+        self.below_mv = [0] * levels
+        self.below_mem = [0] * levels
+        for e in entries:
+            for c in range(e.cls + 1, levels):
+                self.below_mv[c] += e.mv
+                self.below_mem[c] += e.req.memory
+
+    def take(self, victim: _Entry) -> None:
+        self.taken.add(victim.req.reqid)
+        for c in range(victim.cls + 1, len(self.below_mv)):
+            self.below_mv[c] -= victim.mv
+            self.below_mem[c] -= victim.req.memory
+
+    def plan(self, below_cls: int, need_mv: int, need_mem: int) -> list[_Entry] | None:
+        """The victims (of class < `below_cls`) to free `need_mv`/`need_mem`, none superfluous; None if impossible."""
+        if self.below_mv[below_cls] < need_mv or self.below_mem[below_cls] < need_mem:
+            return None
+        plan: list[_Entry] = []
+        left_mv, left_mem = need_mv, need_mem
+        for victim in self.entries:
+            if left_mv <= 0 and left_mem <= 0:
+                break
+            if victim.cls >= below_cls:
+                break  # sorted by class: nothing further on is lower
+            if victim.req.reqid in self.taken:
+                continue
+            if (left_mv > 0 and victim.mv > 0) or (left_mem > 0 and victim.req.memory > 0):
+                plan.append(victim)
+                left_mv -= victim.mv
+                left_mem -= victim.req.memory
+        if left_mv > 0 or left_mem > 0:
+            return None
+        # drop victims the others already cover, so no more is reclaimed than needed
+        for victim in list(plan):
+            if left_mv + victim.mv <= 0 and left_mem + victim.req.memory <= 0:
+                plan.remove(victim)
+                left_mv += victim.mv
+                left_mem += victim.req.memory
+        return plan

@@ -77,7 +77,10 @@ async def verify_guest(request: Request, gw: Gateway, kind: str, vmid: int, envi
                             headers={"WWW-Authenticate": 'Carina-Token realm="guest"'})
     query: Doc = {"one_id": vmid, "live": True}
     if envid is not None:
-        query["envid"] = envid
+        # A guest may call back before Carina has recorded its VM id (the zone answered, the provisioner or envmgr
+        # is restarting): the slots of this environment still waiting for their id are candidates too; the token
+        # alone decides which slot it is.
+        query = {"envid": envid, "live": True, "one_id": {"$in": [vmid, None]}}
     candidates = [s async for s in gw.store.slots.find(query).limit(MAX_CANDIDATES)]
     secret = gw.common.token_secret
     match: Doc | None = None

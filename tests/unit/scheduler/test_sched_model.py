@@ -35,7 +35,7 @@ from services.scheduler.allocator import (
 
 PROFILES = {
     "ci": settings(
-        max_examples=150, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        max_examples=200, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
     ),
     "nightly": settings(
         max_examples=500, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
