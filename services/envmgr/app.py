@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from libs.common import subjects as s
 from libs.common.bus import ConsumerSpec
-from libs.common.messages import (EnvCreate, EnvFailback, EnvFailover, EnvReconcile, EnvRecover, EnvRecreate, EnvRemove, EnvScale, VmGuest,
-                                  VmStatus)
+from libs.common.messages import (EnvCreate, EnvFailback, EnvFailover, EnvReconcile, EnvRecover, EnvRecreate,
+                                  EnvRemove, EnvScale, PoolGrant, PoolReclaim, VmGuest, VmStatus)
 from libs.common.runner import ServiceContext
+from services.envmgr.handlers.capacity import CapacityHandlers
 from services.envmgr.handlers.commands import CommandHandlers
 from services.envmgr.handlers.vm_events import VmEventHandlers
 from services.envmgr.settings import Settings
@@ -19,7 +20,7 @@ from services.envmgr.worker import Reconciler
 
 async def setup(ctx: ServiceContext) -> None:
     settings: Settings = ctx.settings
-    reconciler = Reconciler(ctx.store, ctx.bus, settings.timing())
+    reconciler = Reconciler(ctx.store, ctx.bus, settings.timing(), account_creates=settings.account_creates)
     commands = CommandHandlers(reconciler)
     vms = VmEventHandlers(reconciler)
     n = settings.concurrency
@@ -35,6 +36,9 @@ async def setup(ctx: ServiceContext) -> None:
                           commands.env_reconcile)
     await ctx.bus.consume(ConsumerSpec("envmgr-env-failover", s.ENV_FAILOVER, EnvFailover), commands.env_failover)
     await ctx.bus.consume(ConsumerSpec("envmgr-env-failback", s.ENV_FAILBACK, EnvFailback), commands.env_failback)
+    capacity = CapacityHandlers(reconciler)
+    await ctx.bus.consume(ConsumerSpec("envmgr-pool-grant", s.POOL_GRANT + ".>", PoolGrant), capacity.grant)
+    await ctx.bus.consume(ConsumerSpec("envmgr-pool-reclaim", s.POOL_RECLAIM + ".>", PoolReclaim), capacity.reclaim)
     await ctx.bus.consume(ConsumerSpec("envmgr-vm-status", s.VM_STATUS, VmStatus, concurrency=n), vms.vm_status)
     await ctx.bus.consume(ConsumerSpec("envmgr-vm-guest", s.VM_GUEST, VmGuest, concurrency=n), vms.vm_guest)
 

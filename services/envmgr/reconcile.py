@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from libs.common.auth import new_nonce
-from libs.common.messages import EnvEvent, Message, VmProvision, VmTerminate
+from libs.common.messages import EnvEvent, Message, PoolCancel, PoolRelease, PoolRequest, VmProvision, VmTerminate
 
 Doc = dict[str, Any]
 
@@ -46,6 +46,13 @@ class Timing:
     drain_seconds: float = 0.0  # after the master acknowledged `delete`, before terminating (Carina: 30)
     provision_retry: float = 60.0  # ask the provisioner again (it adopts, so this never duplicates a VM)
     grant_timeout: float = 600.0  # scheduler grant for a scale-up
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """Whether the global scheduler arbitrates this environment's capacity (its service is in the global config)."""
+
+    account_creates: bool = True  # Carina charged only scale-ups; we charge the initial VMs too (configurable)
 
 
 @dataclass
@@ -104,8 +111,10 @@ def acked_seq(slot: Doc | None) -> int:
 class _Ctx:
     """Working state of one planning pass: the documents plus the plan being built."""
 
-    def __init__(self, env: Doc, slots: list[Doc], now: datetime, timing: Timing, peers: dict[str, Doc]) -> None:
+    def __init__(self, env: Doc, slots: list[Doc], now: datetime, timing: Timing, peers: dict[str, Doc],
+                 sched: Scheduling | None) -> None:
         self.env = env
+        self.sched = sched
         self.now = now
         self.timing = timing
         self.peers = peers
@@ -169,7 +178,7 @@ class _Ctx:
 
     # slots ------------------------------------------------------------------------------------------------------
 
-    def ensure_slot(self, role: str, index: int, incarnation: int, params: Doc) -> Doc:
+    def ensure_slot(self, role: str, index: int, incarnation: int, params: Doc, reqid: int | None = None) -> Doc:
         sid = slot_id(self.env["_id"], role, index, incarnation)
         existing = self.slots.get(sid)
         if existing is not None:
@@ -190,6 +199,7 @@ class _Ctx:
             "cpu_alloc": spec["cpu"],
             "memory_alloc": spec["memory"],
             "params": params,
+            "reqid": reqid,
             "nonce": new_nonce(),
             "live": True,
             "one_id": None,
@@ -261,6 +271,26 @@ class _Ctx:
     def master_acked(self, seq: int) -> bool:
         return acked_seq(self.master()) >= seq
 
+    # capacity (global scheduler) ---------------------------------------------------------------------------------
+
+    def request_capacity(self, reqid: int, role: str, kind: str) -> None:
+        spec = self.env["spec"][role] or self.env["spec"]["master"]
+        self.plan.publish.append(PoolRequest(reqid=reqid, service=self.env["service"], envid=self.env["_id"],
+                                             pool=self.env["endpoint"], zone=self.env["zone"],
+                                             vcpus=float(spec["cpu"]), memory=int(spec["memory"]),
+                                             kind=kind))
+
+    def granted(self, reqid: int) -> bool:
+        return str(reqid) in (self.env.get("grants") or {})
+
+    def release_capacity(self, reqid: int | None) -> None:
+        if reqid is not None and self.sched is not None:
+            self.plan.publish.append(PoolRelease(reqid=int(reqid), service=self.env["service"],
+                                                 envid=self.env["_id"]))
+            grants = dict(self.env.get("grants") or {})
+            if grants.pop(str(reqid), None) is not None:
+                self.set_env(grants=grants)
+
     # operation outcome -------------------------------------------------------------------------------------------
 
     def fail(self, status: str, reason: str) -> None:
@@ -316,9 +346,57 @@ def _abort(c: _Ctx, reason: str) -> None:
     c.event(f"aborted: {reason}")
 
 
+def _inherited_reqid(c: _Ctx, role: str, index: int) -> int | None:
+    """Capacity granted to an earlier incarnation of the same slot stays with the slot (recreate, recover)."""
+    held = [int(s["reqid"]) for s in c.slots.values()
+            if s["role"] == role and s["index"] == index and s.get("reqid") is not None
+            and s.get("retired_why") != "scale down"]
+    return held[-1] if held else None
+
+
+def _create_reqids(c: _Ctx) -> dict[str, int]:
+    """Deterministic request ids of a create's VMs: job 52 → 52000 (master), 52001.. (slaves)."""
+    assert c.op is not None
+    base = int(c.op["jobid"]) * 1000
+    return {"master": base, **{f"slave:{i}": base + 1 + i for i in range(int(c.env.get("desired_slaves", 0)))}}
+
+
+def _phase_grant_create(c: _Ctx) -> None:
+    """Creates are charged to pools and quotas too (unlike Carina): wait until every VM's capacity is granted."""
+    assert c.op is not None
+    reqids = _create_reqids(c)
+    missing = [r for r in reqids.values() if not c.granted(r)]
+    if not missing:
+        c.plan.job_sets[c.op["jobid"]] = {"status": "RUNNING", "start": c.now}
+        c.phase("master", capacity_granted=True)
+        _phase_master(c)
+        return
+    for key, reqid in reqids.items():
+        if reqid in missing:
+            c.request_capacity(reqid, key.split(":")[0], "create")
+    if c.deadline(c.timing.grant_timeout):
+        for reqid in reqids.values():
+            c.release_capacity(reqid)
+        c.fail("MASTER_CREATE_FAIL:no capacity",
+               f"the global scheduler granted no capacity within {c.timing.grant_timeout:g} s "
+               f"({len(missing)} of {len(reqids)} VMs waiting)")
+
+
 def _phase_master(c: _Ctx) -> None:
+    assert c.op is not None
+    if (c.sched is not None and c.sched.account_creates and c.op["type"] == "CREATE"
+            and not c.op.get("capacity_granted") and c.env.get("policy_status") == "INIT"):
+        if c.op.get("phase") != "grant_create":
+            c.plan.job_sets[c.op["jobid"]] = {"status": "READY"}
+            c.phase("grant_create")
+            c.event("waiting for the global scheduler to grant capacity")
+        _phase_grant_create(c)
+        return
     inc = int(c.env.get("master_incarnation", 1))
-    master = c.ensure_slot("master", 0, inc, {})
+    reqid = _inherited_reqid(c, "master", 0)
+    if reqid is None and c.op.get("capacity_granted"):
+        reqid = _create_reqids(c)["master"]
+    master = c.ensure_slot("master", 0, inc, {}, reqid)
     if c.env.get("status") in ("INIT", "PENDING"):
         c.status("MASTER_CREATE", f"creating master VM {master['name']}")
     if master.get("lifecycle") in BROKEN:
@@ -387,7 +465,12 @@ def _phase_slaves(c: _Ctx) -> None:
             inc = 1 + max((s["incarnation"] for s in c.slots.values()
                            if s["role"] == "slave" and s["index"] == index), default=0)
             params = {"MASTER": master_ip, "SLAVE_INDEX": str(index), "NUM_SLAVES": str(desired)}
-            slave = c.ensure_slot("slave", index, inc, params)
+            reqid = _inherited_reqid(c, "slave", index)
+            if reqid is None and c.op.get("grant_reqid") is not None and index == desired - 1:
+                reqid = int(c.op["grant_reqid"])
+            elif reqid is None and c.op.get("capacity_granted"):
+                reqid = _create_reqids(c).get(f"slave:{index}")
+            slave = c.ensure_slot("slave", index, inc, params, reqid)
         if slave.get("lifecycle") in BROKEN:
             error = slave.get("error") or f"slave VM is {slave.get('lifecycle')}"
             c.fail(f"SLAVE_CREATE_FAIL:{error}", f"slave {index} VM {slave['name']}: {error}")
@@ -428,6 +511,14 @@ def _phase_start(c: _Ctx) -> None:
     op_type = c.op["type"]
     params = c.op.get("params") or {}
     if op_type == "SCALEUP":
+        if c.sched is not None:
+            # Carina: a scale-up is a READY job until the global scheduler grants its capacity.
+            reqid = int(c.op["jobid"]) * 1000
+            c.plan.job_sets[c.op["jobid"]] = {"status": "READY"}
+            c.phase("grant", reqid=reqid)
+            c.event(f"asking the global scheduler for one slave (request {reqid})")
+            _phase_grant(c)
+            return
         c.set_env(desired_slaves=int(c.env.get("desired_slaves", 0)) + 1)
         c.phase("slaves")
         _phase_slaves(c)
@@ -436,7 +527,10 @@ def _phase_start(c: _Ctx) -> None:
         if not slaves:
             c.fail(c.env.get("status", ""), "no slave left to remove")
             return
-        victim = max(slaves, key=lambda s: (s["index"], s["incarnation"]))  # LIFO, as Carina
+        reclaimed = params.get("reqid")
+        # A reclaim names the capacity to give back; otherwise the newest slave goes (LIFO, as Carina).
+        victim = next((s for s in slaves if reclaimed is not None and s.get("reqid") == reclaimed),
+                      max(slaves, key=lambda s: (s["index"], s["incarnation"])))
         c.set_env(desired_slaves=max(0, int(c.env.get("desired_slaves", 0)) - 1))
         master = c.master()
         if master is not None and is_up(master) and c.notified("add", victim) is not None:
@@ -501,6 +595,23 @@ def _start_replace(c: _Ctx, params: Doc) -> None:
         _phase_slaves(c)
 
 
+def _phase_grant(c: _Ctx) -> None:
+    assert c.op is not None
+    reqid = int(c.op["reqid"])
+    if c.granted(reqid):
+        c.plan.job_sets[c.op["jobid"]] = {"status": "RUNNING", "start": c.now}
+        c.set_env(desired_slaves=int(c.env.get("desired_slaves", 0)) + 1)
+        c.phase("slaves", grant_reqid=reqid)
+        c.event(f"capacity granted (request {reqid})")
+        _phase_slaves(c)
+        return
+    c.request_capacity(reqid, "slave", "scaleup")
+    if c.deadline(c.timing.grant_timeout):
+        c.release_capacity(reqid)
+        c.fail("SLAVE_SCALEUP_FAIL:no capacity",
+               f"the global scheduler granted no capacity within {c.timing.grant_timeout:g} s")
+
+
 def _phase_notify_delete(c: _Ctx) -> None:
     assert c.op is not None
     victim = c.slots.get(c.op["victim"])
@@ -536,6 +647,10 @@ def _phase_terminate(c: _Ctx) -> None:
     if not pending:
         if c.op["type"] == "REMOVE":
             c.set_env(active=False, policy_status="DONE", status="DONE", status_at=c.now, removed_at=c.now)
+            if c.sched is not None or c.env.get("grants"):
+                c.plan.publish.append(PoolCancel(service=c.env["service"], envid=c.env["_id"]))
+        elif victim_id is not None:
+            c.release_capacity(c.slots[victim_id].get("reqid"))
         c.finish(f"{c.op['type']} done")
         return
     if c.deadline(c.timing.terminate_timeout):
@@ -545,6 +660,8 @@ def _phase_terminate(c: _Ctx) -> None:
 
 PHASES = {
     "waiting": _phase_waiting,
+    "grant_create": _phase_grant_create,
+    "grant": _phase_grant,
     "master": _phase_master,
     "master_setup": _phase_master_setup,
     "master_init": _phase_master_init,
@@ -572,7 +689,8 @@ def _mirror_app_status(c: _Ctx) -> None:
         c.set_env(status=latest[1], status_at=latest[0])
 
 
-def plan_env(env: Doc, slots: list[Doc], now: datetime, timing: Timing, peers: dict[str, Doc] | None = None) -> Plan:
+def plan_env(env: Doc, slots: list[Doc], now: datetime, timing: Timing, peers: dict[str, Doc] | None = None,
+             sched: Scheduling | None = None) -> Plan:
     """Decide the next steps for one environment.
 
     Args:
@@ -581,11 +699,12 @@ def plan_env(env: Doc, slots: list[Doc], now: datetime, timing: Timing, peers: d
         now: the current time (injected for tests).
         timing: deadlines.
         peers: for group members, the other members by name and the predecessor under `__predecessor__`.
+        sched: how the global scheduler arbitrates this environment's capacity (None: it does not).
 
     Returns:
         The plan to apply (possibly empty).
     """
-    c = _Ctx(env, slots, now, timing, peers or {})
+    c = _Ctx(env, slots, now, timing, peers or {}, sched)
     _mirror_app_status(c)
     # Phases may complete within one pass (e.g. master already initialised): run until the phase stops moving.
     for _ in range(8):

@@ -21,6 +21,7 @@ class Settings(ServiceSettings):
     drain_seconds: float = Field(0.0, ge=0, description="wait after the master dropped a slave (Carina: 30)")
     provision_retry: float = Field(60.0, gt=0, description="re-ask the provisioner after this long (it adopts)")
     grant_timeout: float = Field(600.0, gt=0, description="scheduler grant for a scale-up")
+    account_creates: bool = Field(True, description="charge an environment's initial VMs to pools (Carina: no)")
 
     def timing(self) -> Timing:
         return Timing(

@@ -23,7 +23,9 @@ from libs.common.bus import Bus
 from libs.common.errors import TransientError
 from libs.common.messages import utcnow
 from services.envmgr import metrics
-from services.envmgr.reconcile import Plan, Timing, env_event, plan_env
+from services.envmgr.reconcile import Plan, Scheduling, Timing, env_event, plan_env
+
+GLOBAL_CONFIG_ID = "global:config"  # written by the gateway (admin upload), read by the scheduler and here
 
 log = logging.getLogger("carina.envmgr")
 
@@ -38,8 +40,11 @@ class Reconciler:
         clock: returns the current time (None for the real clock; tests inject one).
     """
 
-    def __init__(self, store: Store, bus: Bus, timing: Timing, clock: Any = None) -> None:
+    def __init__(self, store: Store, bus: Bus, timing: Timing, clock: Any = None,
+                 account_creates: bool = True) -> None:
         self.store = store
+        self.account_creates = account_creates
+        self._scheduled: tuple[float, set[str]] = (0.0, set())
         self.bus = bus
         self.timing = timing
         self.clock = clock or utcnow
@@ -63,7 +68,8 @@ class Reconciler:
                     return
                 slots = [s async for s in self.store.slots.find({"envid": envid, "gone": {"$ne": True}})]
                 peers = await self._peers(env)
-                plan = plan_env(env, slots, self.clock(), self.timing, peers)
+                sched = Scheduling(self.account_creates) if env["service"] in await self._scheduled_services() else None
+                plan = plan_env(env, slots, self.clock(), self.timing, peers, sched)
                 applied = await self._apply(env, plan)
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
                 if applied:
@@ -71,6 +77,15 @@ class Reconciler:
                     return
                 metrics.RECONCILE_CONFLICTS.inc()
             raise TransientError(f"environment {envid}: too many concurrent updates")
+
+    async def _scheduled_services(self) -> set[str]:
+        """Services the global scheduler arbitrates (those in its configuration); cached for a few seconds."""
+        loaded_at, services = self._scheduled
+        if time.monotonic() - loaded_at > 5.0:
+            doc = await self.store.configs.find_one({"_id": GLOBAL_CONFIG_ID}, {"doc.services": 1})
+            services = set(((doc or {}).get("doc") or {}).get("services") or {})
+            self._scheduled = (time.monotonic(), services)
+        return services
 
     async def _peers(self, env: Doc) -> dict[str, Doc]:
         groupid = env.get("groupid")

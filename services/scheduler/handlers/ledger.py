@@ -12,6 +12,7 @@ grant re-published after a takeover is deduplicated (same `Nats-Msg-Id`) and nev
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from libs.common.bus import Delivery, Lease
@@ -19,6 +20,7 @@ from libs.common.globalconfig import GlobalConfig
 from libs.common.messages import PoolCancel, PoolGrant, PoolReclaim, PoolRelease, PoolRequest, utcnow
 from libs.common.runner import ServiceContext
 from services.scheduler.allocator import Allocator, Grant, Reclaim, Request, RequestKind, RequestStatus
+from services.scheduler import metrics
 from services.scheduler.settings import Settings
 
 log = logging.getLogger("carina.scheduler")
@@ -33,6 +35,7 @@ class LedgerHandlers:
         self.requests = ctx.store["requests"]
         self.allocator: Allocator | None = None
         self.config_revision: int | None = None
+        self._renewed_at = 0.0
 
     # --- message handlers (any replica) ------------------------------------------------------------------------
 
@@ -41,14 +44,16 @@ class LedgerHandlers:
                       zone=msg.zone, target_pool=msg.pool, kind=RequestKind(msg.kind))
         doc = {k: v for k, v in req.to_dict().items() if v is not None}
         doc["submitted_at"] = utcnow().timestamp()
-        await self.requests.update_one({"_id": msg.reqid}, {"$setOnInsert": {**doc, "dirty": True}}, upsert=True)
+        await self.requests.update_one({"_id": msg.reqid}, {"$setOnInsert": {**doc, "dirty": True, "dirty_seq": 1}},
+                                       upsert=True)
 
     async def release(self, msg: PoolRelease, delivery: Delivery) -> None:
-        await self.requests.update_one({"_id": msg.reqid}, {"$set": {"release_requested": True, "dirty": True}})
+        await self.requests.update_one({"_id": msg.reqid}, {"$set": {"release_requested": True, "dirty": True},
+                                                            "$inc": {"dirty_seq": 1}})
 
     async def cancel(self, msg: PoolCancel, delivery: Delivery) -> None:
         await self.requests.update_many({"service": msg.service, "envid": msg.envid},
-                                        {"$set": {"cancel_requested": True, "dirty": True}})
+                                        {"$set": {"cancel_requested": True, "dirty": True}, "$inc": {"dirty_seq": 1}})
 
     # --- allocation (lease holder only) ------------------------------------------------------------------------
 
@@ -90,17 +95,52 @@ class LedgerHandlers:
             await lease.release()
 
     async def _pass(self, allocator: Allocator) -> None:
+        known = {r.reqid for r in allocator.requests()}
         async for doc in self.requests.find({"dirty": True}):
             reqid = int(doc["_id"])
             if doc.get("cancel_requested"):
                 allocator.cancel(doc["service"], int(doc["envid"]))
             elif doc.get("release_requested"):
                 allocator.release(reqid)
-            elif doc.get("status", "PEND") == "PEND" and reqid not in {r.reqid for r in allocator.requests()}:
+            elif doc.get("status", "PEND") == "PEND" and reqid not in known:
                 allocator.submit(Request.from_dict(_request_fields(doc)))
-            await self.requests.update_one({"_id": reqid, "dirty": True}, {"$set": {"dirty": False}})
-        # Holders alive renew their grants: environments still active keep their capacity.
+            # Only clear the flag if nothing new arrived meanwhile (a release racing with this pass).
+            await self.requests.update_one({"_id": reqid, "dirty_seq": doc.get("dirty_seq")},
+                                           {"$set": {"dirty": False}})
+        await self._renew(allocator)
         await self._persist_effects(allocator.step())
+        self._export(allocator)
+
+    async def _renew(self, allocator: Allocator) -> None:
+        """Grants are leases: those of environments still active are renewed; a holder that disappeared (its
+        environment removed without a release reaching us) lets its grants lapse, so capacity never leaks."""
+        if time.monotonic() - self._renewed_at < self.settings.grant_ttl / 3:
+            return
+        self._renewed_at = time.monotonic()
+        holders = {(r.service, r.envid) for r in allocator.requests(RequestStatus.ALLOCATED)}
+        if not holders:
+            return
+        alive = {int(e["_id"]) async for e in self.ctx.store.envs.find(
+            {"_id": {"$in": sorted({envid for _, envid in holders})}, "active": True}, {"_id": 1})}
+        for service, envid in holders:
+            if envid in alive:
+                allocator.renew(service, envid)
+
+    @staticmethod
+    def _export(allocator: Allocator) -> None:
+        for pool in allocator.pool_usage():
+            labels = {"pool": pool.name, "zone": pool.zone, "class": pool.service_class.label}
+            metrics.POOL_CAPACITY_VCPUS.labels(**labels).set(pool.vcpus)
+            metrics.POOL_ALLOCATED_VCPUS.labels(**labels).set(pool.vcpus_allocated)
+            metrics.POOL_CAPACITY_MEMORY.labels(**labels).set(pool.memory)
+            metrics.POOL_ALLOCATED_MEMORY.labels(**labels).set(pool.memory_allocated)
+        for service in allocator.service_usage():
+            metrics.SERVICE_ALLOCATED_VCPUS.labels(service=service.name).set(service.vcpus_allocated)
+        counts: dict[str, int] = {}
+        for req in allocator.requests():
+            counts[str(req.status)] = counts.get(str(req.status), 0) + 1
+        for state in ("PEND", "ALLOCATED", "RELEASED", "CANCELLED", "REJECTED"):
+            metrics.REQUESTS.labels(state=state).set(counts.get(state, 0))
 
     async def _persist_effects(self, effects: list[Any]) -> None:
         allocator = self.allocator
@@ -109,6 +149,7 @@ class LedgerHandlers:
         for req in allocator.drain_changes():
             await self.requests.update_one({"_id": req.reqid}, {"$set": req.to_dict()}, upsert=True)
         for effect in effects:
+            metrics.EFFECTS.labels(effect=type(effect).__name__.lower()).inc()
             if isinstance(effect, Grant):
                 await self.ctx.bus.publish(PoolGrant(reqid=effect.reqid, service=effect.service, envid=effect.envid,
                                                      pool=effect.pool, vcpus=effect.vcpus, memory=effect.memory))

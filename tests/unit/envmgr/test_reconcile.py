@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from libs.common.messages import VmProvision, VmTerminate
+from libs.common.messages import PoolCancel, PoolRelease, PoolRequest, VmProvision, VmTerminate
 from libs.common.operations import _new_env_doc
-from services.envmgr.reconcile import Plan, Timing, plan_env
+from services.envmgr.reconcile import Plan, Scheduling, Timing, plan_env
 
 T0 = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 
@@ -41,10 +41,12 @@ class World:
     master_init: str | None = "MASTER_INIT_DONE"
     master_acks: bool = True
     next_vm: int = 100
+    sched: Scheduling | None = None
+    grants: bool = True
 
     def step(self, timing: Timing | None = None) -> Plan:
         plan = plan_env(self.env, [s for s in self.slots.values() if not s.get("gone")], self.now,
-                        timing or Timing())
+                        timing or Timing(), sched=self.sched)
         self.plans.append(plan)
         for doc in plan.slot_inserts:
             self.slots.setdefault(doc["_id"], dict(doc))
@@ -54,6 +56,12 @@ class World:
         for jobid, fields in plan.job_sets.items():
             self.jobs.setdefault(jobid, {}).update(fields)
         for message in plan.publish:
+            if isinstance(message, PoolRequest):
+                if self.grants:
+                    self.env.setdefault("grants", {})[str(message.reqid)] = {"pool": message.pool}
+                continue
+            if isinstance(message, PoolRelease | PoolCancel):
+                continue
             slot = self.slots[message.slot]
             if isinstance(message, VmProvision) and self.boots and slot.get("one_id") is None:
                 self.next_vm += 1
@@ -224,3 +232,61 @@ def test_ready_is_promoted_by_failover_role(status: str) -> None:
     world = new_world(num_slaves=0, availability_policy={"failover_role": role, "failover_group": "g"})
     world.run(4)
     assert world.env["policy_status"] == status
+
+
+def published(world: World, kind: type) -> list[Any]:
+    return [m for p in world.plans for m in p.publish if isinstance(m, kind)]
+
+
+def test_with_the_scheduler_a_create_waits_for_capacity_and_charges_every_vm() -> None:
+    world = new_world(num_slaves=2)
+    world.sched = Scheduling(account_creates=True)
+    world.grants = False
+    world.run(3)
+    assert not world.live(), "no VM before the scheduler grants capacity"
+    assert world.jobs[7]["status"] == "READY"
+    assert {m.reqid for m in published(world, PoolRequest)} == {7000, 7001, 7002}
+    world.grants = True
+    world.run(6)
+    assert world.env["policy_status"] == "ACTIVE"
+    assert sorted(s["reqid"] for s in world.live()) == [7000, 7001, 7002]
+
+
+def test_scaleup_is_ready_until_granted_and_scaledown_releases_its_capacity() -> None:
+    world = new_world(num_slaves=1)
+    world.sched = Scheduling(account_creates=False)
+    world.run(5)
+    world.grants = False
+    world.start("SCALEUP")
+    world.run(3)
+    jobid = world.env["op"]["jobid"]
+    assert world.jobs[jobid]["status"] == "READY" and len(world.live("slave")) == 1
+    world.grants = True
+    world.run(5)
+    new = next(s for s in world.live("slave") if s["index"] == 1)
+    assert new["reqid"] == jobid * 1000 and world.jobs[jobid]["status"] == "DONE"
+    world.start("SCALEDOWN")
+    world.run(5)
+    assert [m.reqid for m in published(world, PoolRelease)] == [jobid * 1000]
+
+
+def test_reclaim_scales_down_the_slave_holding_the_reclaimed_capacity() -> None:
+    world = new_world(num_slaves=2)
+    world.sched = Scheduling(account_creates=True)
+    world.run(8)
+    held = {s["index"]: s["reqid"] for s in world.live("slave")}
+    world.start("SCALEDOWN", reqid=held[0])
+    world.run(5)
+    assert [s["index"] for s in world.live("slave")] == [1]
+    assert [m.reqid for m in published(world, PoolRelease)] == [held[0]]
+
+
+def test_scaleup_without_capacity_fails_with_a_reason_after_the_grant_timeout() -> None:
+    world = new_world(num_slaves=0)
+    world.sched = Scheduling(account_creates=False)
+    world.run(3)
+    world.grants = False
+    world.start("SCALEUP")
+    world.run(20, timing=Timing(grant_timeout=10))
+    assert world.env["status"] == "SLAVE_SCALEUP_FAIL:no capacity"
+    assert published(world, PoolRelease), "the pending request is withdrawn"
