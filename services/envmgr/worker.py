@@ -20,6 +20,7 @@ from pymongo.errors import DuplicateKeyError
 
 from libs.common.db import Doc, Store
 from libs.common.bus import Bus
+from libs.common.crashpoints import crashpoint
 from libs.common.errors import TransientError
 from libs.common.messages import utcnow
 from services.envmgr import metrics
@@ -104,6 +105,8 @@ class Reconciler:
                 await self.store.slots.insert_one(doc)
             except DuplicateKeyError:
                 pass  # written by an earlier pass that lost its compare-and-set: the same intent
+        if plan.slot_inserts:
+            crashpoint("envmgr.after_intent")
         new_env = env
         if plan.env_set:
             if not await self.store.cas_update("envs", env["_id"], int(env["version"]), plan.env_set):
@@ -114,6 +117,7 @@ class Reconciler:
         for jobid, fields in plan.job_sets.items():
             await self._update_job(new_env, jobid, fields)
         if plan.publish:
+            crashpoint("envmgr.before_publish")
             await self.bus.publish_all(plan.publish)
         if plan.events:
             job_status = next((f.get("status") for f in plan.job_sets.values() if f.get("status")), None)

@@ -87,7 +87,12 @@ def unauthorized(detail: str) -> HTTPException:
 async def get_caller(gw: GatewayDep, creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> Caller:
     if creds is None or not creds.credentials:
         raise unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    presented = creds.credentials.strip()
+    return await caller_from_token(gw, creds.credentials)
+
+
+async def caller_from_token(gw: Gateway, token: str) -> Caller:
+    """The administrator or the service account a bearer token belongs to, or 401."""
+    presented = token.strip()
     admin = gw.settings.admin_token
     if admin is not None and hmac.compare_digest(presented.encode(), admin.get_secret_value().encode()):
         return Caller("admin", None)

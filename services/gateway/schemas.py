@@ -53,6 +53,8 @@ class ConfigUploaded(Out):
     service: str
     revision: int
     environments: list[str] = Field(description="environment and group names the configuration defines")
+    warnings: list[str] = Field(default_factory=list,
+                                description="what a config.rb conversion accepted but deserves a look")
 
 
 class StoredConfig(Out):
@@ -226,3 +228,95 @@ class Notification(Out):
 
 class Notifications(Out):
     notifications: list[Notification]
+
+
+# --- global scheduler -------------------------------------------------------------------------------------------------
+
+
+class SchedulerConfigUploaded(Out):
+    revision: int
+    pools: list[str]
+    services: list[str]
+    warnings: list[str] = Field(default_factory=list, description="what a global.rb conversion deserves a look at")
+
+
+class StoredSchedulerConfig(Out):
+    revision: int
+    uploaded_at: datetime | None = None
+    config: dict[str, Any] = Field(description="pools and services, in the native YAML shape")
+
+
+class Pool(Out):
+    name: str
+    zone: str
+    service_class: str = Field(alias="class", description="lowest service class allowed to use the pool")
+    vcpus: float = Field(description="vCPUs the scheduler may grant from the pool")
+    memory: int = Field(description="memory the scheduler may grant from the pool, MiB")
+    allocated_vcpus: float
+    allocated_memory: int
+    available_vcpus: float
+    available_memory: int
+    pending: int = Field(description="requests waiting for capacity in the pool's zone")
+
+
+class SchedulerService(Out):
+    name: str
+    service_class: str = Field(alias="class")
+    max_vcpus: float
+    max_memory: int
+    allocated_vcpus: float
+    allocated_memory: int
+    pending: int = Field(description="requests of the service waiting for capacity")
+    zones: list[str] = Field(description="zones of the service's configured endpoints (where its environments run)")
+
+
+RequestStatus = Literal["PEND", "ALLOCATED", "RELEASED", "CANCELLED", "REJECTED"]
+
+
+class CapacityRequest(Out):
+    reqid: int
+    envid: int
+    env: str | None = Field(None, description="name of the environment")
+    service: str
+    vcpus: float
+    memory: int
+    zone: str | None = None
+    target_pool: str | None = None
+    kind: str | None = None
+    status: str
+    pool: str | None = Field(None, description="the pool granted")
+    submitted_at: datetime | None = None
+    granted_at: datetime | None = None
+    lease_expires_at: datetime | None = None
+    reason: str | None = None
+
+
+# --- policies ---------------------------------------------------------------------------------------------------------
+
+
+class PolicyDecision(Out):
+    at: datetime | None = None
+    policy: str
+    action: str
+    reason: str
+    source: str | None = None
+    count: int | None = None
+    recommend_only: bool = False
+    recommended: str | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict, description="the values the policy looked at")
+    expressions: dict[str, Any] = Field(default_factory=dict, description="each expression and its value")
+    vm: dict[str, Any] | None = None
+
+
+class PolicyView(Out):
+    envid: int
+    name: str
+    policy_status: str
+    info: str | None = None
+    elasticity: dict[str, Any] | None = Field(None, description="the environment's elasticity policy")
+    availability: dict[str, Any] | None = Field(None, description="the environment's availability policy")
+    state: dict[str, Any] = Field(default_factory=dict,
+                                  description="counters, cooldown and last action kept between evaluations")
+    updated_at: datetime | None = Field(None, description="when the policy service last evaluated")
+    recent: list[PolicyDecision] = Field(description="the last evaluation's decisions, newest first")
+    decisions: list[PolicyDecision] = Field(description="recorded decisions (actions and changes), newest first")

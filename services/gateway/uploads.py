@@ -10,8 +10,9 @@ from __future__ import annotations
 from fastapi import HTTPException, Request, status
 from starlette.datastructures import UploadFile
 
+RUBY_TYPES = ("text/x-ruby", "application/x-ruby")
 CONFIG_TYPES = ("application/yaml", "text/yaml", "application/x-yaml", "text/x-yaml", "text/plain",
-                "application/json")
+                "application/json", *RUBY_TYPES)
 TEMPLATE_TYPES = ("text/plain", "application/octet-stream", "text/x-opennebula-template")
 MULTIPART = "multipart/form-data"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from services.gateway import schemas
@@ -196,3 +197,126 @@ def parse_metrics(text: str) -> dict[str, float]:
     if not values:
         raise ValueError("no KEY = VALUE line in the body")
     return values
+
+
+# --- global scheduler -------------------------------------------------------------------------------------------------
+
+
+def epoch_time(value: Any) -> datetime | None:
+    """The ledger's epoch seconds as an aware datetime (None when missing or not a number)."""
+    number = _number(value)
+    return datetime.fromtimestamp(number, tz=UTC) if number is not None else None
+
+
+def _amount(request: Doc, key: str) -> float:
+    return _number(request.get(key)) or 0.0
+
+
+def pool_views(config: Doc, requests: list[Doc]) -> list[schemas.Pool]:
+    """Each pool of the global configuration with what ALLOCATED requests hold of it.
+
+    `requests` are the ledger's PEND and ALLOCATED entries; a PEND request counts as pending in every pool of its
+    zone (the scheduler has not chosen one yet).
+    """
+    pools = as_dict(config.get("pools"))
+    zone_of_pool = {name: str(as_dict(p).get("zone", "")) for name, p in pools.items()}
+    rows = []
+    for name, raw in sorted(pools.items()):
+        pool = as_dict(raw)
+        held = [r for r in requests if r.get("status") == "ALLOCATED" and r.get("pool") == name]
+        zone = str(pool.get("zone", ""))
+        pending = sum(1 for r in requests if r.get("status") == "PEND"
+                      and (r.get("zone") or zone_of_pool.get(str(r.get("target_pool")))) == zone)
+        vcpus = _number(pool.get("vcpus")) or 0.0
+        memory = int(_number(pool.get("memory")) or 0)
+        used_vcpus = sum(_amount(r, "vcpus") for r in held)
+        used_memory = int(sum(_amount(r, "memory") for r in held))
+        rows.append(schemas.Pool.model_validate({
+            "name": name, "zone": zone, "class": str(pool.get("class", "")), "vcpus": vcpus, "memory": memory,
+            "allocated_vcpus": used_vcpus, "allocated_memory": used_memory,
+            "available_vcpus": vcpus - used_vcpus, "available_memory": memory - used_memory, "pending": pending}))
+    return rows
+
+
+def service_views(config: Doc, requests: list[Doc], zones: dict[str, list[str]]) -> list[schemas.SchedulerService]:
+    """Each service of the global configuration with its quota and what it holds (ALLOCATED) or waits for (PEND).
+
+    Args:
+        config: the stored global configuration document (`doc`).
+        requests: the ledger's PEND and ALLOCATED entries.
+        zones: per service, the zones of its configured endpoints.
+    """
+    rows = []
+    for name, raw in sorted(as_dict(config.get("services")).items()):
+        svc = as_dict(raw)
+        mine = [r for r in requests if r.get("service") == name]
+        held = [r for r in mine if r.get("status") == "ALLOCATED"]
+        rows.append(schemas.SchedulerService.model_validate({
+            "name": name, "class": str(svc.get("class", "")), "max_vcpus": _number(svc.get("max_vcpus")) or 0.0,
+            "max_memory": int(_number(svc.get("max_memory")) or 0),
+            "allocated_vcpus": sum(_amount(r, "vcpus") for r in held),
+            "allocated_memory": int(sum(_amount(r, "memory") for r in held)),
+            "pending": sum(1 for r in mine if r.get("status") == "PEND"), "zones": zones.get(name, [])}))
+    return rows
+
+
+def request_view(request: Doc, env_names: dict[int, str]) -> schemas.CapacityRequest:
+    """One ledger entry as the API shows it (epoch seconds become timestamps)."""
+    envid = int(request.get("envid") or 0)
+    return schemas.CapacityRequest(
+        reqid=int(request["_id"]), envid=envid, env=env_names.get(envid), service=str(request.get("service", "")),
+        vcpus=_amount(request, "vcpus"), memory=int(_amount(request, "memory")), zone=request.get("zone"),
+        target_pool=request.get("target_pool"), kind=request.get("kind"), status=str(request.get("status") or "PEND"),
+        pool=request.get("pool"), submitted_at=epoch_time(request.get("submitted_at")),
+        granted_at=epoch_time(request.get("granted_at")), lease_expires_at=epoch_time(request.get("lease_expires_at")),
+        reason=request.get("reason"))
+
+
+def config_zones(doc: Doc) -> list[str]:
+    """The zones of a stored service configuration's endpoints, sorted."""
+    return sorted({str(as_dict(e).get("zone") or name) for name, e in as_dict(doc.get("endpoints")).items()})
+
+
+# --- policies ---------------------------------------------------------------------------------------------------------
+
+
+def _when(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return epoch_time(value)
+
+
+def decision_view(decision: Doc) -> schemas.PolicyDecision:
+    """A policy decision (from `policy_state.recent` or the `decisions` collection)."""
+    count = decision.get("count")
+    vm = decision.get("vm")
+    return schemas.PolicyDecision(
+        at=_when(decision.get("at")), policy=str(decision.get("policy", "")), action=str(decision.get("action", "")),
+        reason=str(decision.get("reason", "")), source=decision.get("source"),
+        count=count if isinstance(count, int) and not isinstance(count, bool) else None,
+        recommend_only=bool(decision.get("recommend_only", False)),
+        recommended=str(decision["recommended"]) if decision.get("recommended") is not None else None,
+        inputs=as_dict(decision.get("inputs")), expressions=as_dict(decision.get("expressions")),
+        vm=vm if isinstance(vm, dict) else None)
+
+
+def policy_view(env: Doc, state_doc: Doc | None, decisions: list[Doc]) -> schemas.PolicyView:
+    """An environment's policies, the policy service's state for it, and its recent decisions."""
+    config = as_dict(as_dict(env.get("spec")).get("config"))
+    elasticity = config.get("elasticity_policy")
+    availability = config.get("availability_policy")
+    state = as_dict(state_doc)
+    return schemas.PolicyView(
+        envid=int(env["_id"]), name=str(env.get("name", "")), policy_status=str(env.get("policy_status") or "INIT"),
+        info=env.get("info") or None,
+        elasticity=elasticity if isinstance(elasticity, dict) else None,
+        availability=availability if isinstance(availability, dict) else None,
+        state=as_dict(state.get("state")), updated_at=_when(state.get("updated_at")),
+        recent=[decision_view(d) for d in state.get("recent") or [] if isinstance(d, dict)],
+        decisions=[decision_view(d) for d in decisions])

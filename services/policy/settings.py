@@ -14,4 +14,6 @@ class Settings(ServiceSettings):
     tick_interval: float = Field(10.0, gt=0, description="seconds between policy ticks (Carina: 60)")
     lease_ttl: float = Field(6.0, gt=0, description="ticker lease: a standby ticker takes over within this")
     metric_max_age: float = Field(120.0, gt=0, description="guest metrics older than this are ignored")
+    command_timeout: float = Field(15.0, gt=0, description="seconds a command sent to envmgr holds further actions "
+                                   "on its environment until envmgr shows the operation")
     concurrency: int = Field(8, ge=1, le=256, description="environments evaluated at once")

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from libs.common.bus import Bus, Delivery
+from libs.common.crashpoints import crashpoint
 from libs.common.db import Store
 from libs.common.messages import GuestReport, VmGuest, VmMetrics
 
@@ -51,6 +52,7 @@ class GuestReportHandler:
         elif msg.kind == "appstatus":
             status = normalise_status(msg.params.get("status", ""), slot)
             await self.store.slots.update_one(match, {"$set": {"guest.status": status, "guest.status_at": msg.at}})
+            crashpoint("callback.after_record")
             await self.bus.publish(VmGuest(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
                                            kind="appstatus", status=status, at=msg.at))
         elif msg.kind == "notify_ack":

@@ -8,20 +8,22 @@ previous revision moves to `config_history`. Credentials are stored but never re
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from libs.common.carina_import import convert_config_rb
 from libs.common.db import Doc, Store
-from libs.common.envconfig import parse_service_config, redact
+from libs.common.envconfig import parse_service_config, redact, validate_service_config
 from libs.common.errors import ConflictError
 from libs.common.messages import utcnow
 from libs.common.operations import CONFIG_ID
 from services.gateway import schemas
-from services.gateway.deps import COMMON_ERRORS, CallerDep, GatewayDep, ServiceQuery, acting_service, errors
-from services.gateway.uploads import CONFIG_TYPES, MULTIPART, TEMPLATE_TYPES, read_upload
+from services.gateway.deps import COMMON_ERRORS, CallerDep, Gateway, GatewayDep, ServiceQuery, acting_service, errors
+from services.gateway.uploads import CONFIG_TYPES, MULTIPART, RUBY_TYPES, TEMPLATE_TYPES, media_type, read_upload
 from services.gateway.views import config_entries
 
 log = logging.getLogger("carina.gateway.configs")
@@ -29,9 +31,18 @@ log = logging.getLogger("carina.gateway.configs")
 router = APIRouter(prefix="/api/v1", tags=["configuration"])
 
 TEMPLATE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,60}\.vm$"
+# A Carina config.rb assigns Ruby hashes to these constants; no YAML document starts that way.
+_CONFIG_RB = re.compile(r"^\s*(ENDPOINT|TEMPLATE|ENVIRONMENT)\s*=\s*\{", re.MULTILINE)
 
 
-def _text_body(types: tuple[str, ...], description: str) -> dict[str, Any]:
+def is_config_rb(text: str, content_type: str = "", filename: str | None = None) -> bool:
+    """Whether an uploaded configuration is Carina's config.rb rather than YAML/JSON."""
+    if content_type in RUBY_TYPES or (filename or "").lower().endswith(".rb"):
+        return True
+    return bool(_CONFIG_RB.search(text))
+
+
+def upload_body(types: tuple[str, ...], description: str) -> dict[str, Any]:
     content: dict[str, Any] = {t: {"schema": {"type": "string"}} for t in types if t != "application/json"}
     if "application/json" in types:
         content["application/json"] = {"schema": {"type": "object"}}
@@ -71,21 +82,52 @@ async def store_config(store: Store, service: str, document: Doc) -> int:
     raise ConflictError(f"configuration of {service}: too many concurrent uploads")
 
 
+async def accept_config(gw: Gateway, service: str, text: str, ruby: bool) -> schemas.ConfigUploaded:
+    """Validate an uploaded configuration (YAML/JSON, or config.rb converted first) and store it as a new revision.
+
+    Raises:
+        ValidationFailed: every problem (a config.rb syntax error names its line and column); nothing is stored.
+    """
+    vm_files = await vm_file_names(gw.store, service)
+    warnings: list[str] = []
+    if ruby:
+        converted = convert_config_rb(text)
+        warnings = list(converted.warnings)
+        config, document = validate_service_config(converted.native, vm_files=vm_files)
+    else:
+        config, document = parse_service_config(text, vm_files=vm_files)
+    revision = await store_config(gw.store, service, document)
+    log.info("configuration stored", extra={"service_name": service, "revision": revision, "carina": ruby})
+    return schemas.ConfigUploaded(service=service, revision=revision, environments=sorted(config.environments),
+                                  warnings=warnings)
+
+
+async def store_template(store: Store, service: str, name: str, text: str) -> schemas.TemplateUploaded:
+    """Save an OpenNebula template text under `name` (a new revision if it exists)."""
+    doc = await store.configs.find_one_and_update(
+        {"_id": f"{service}:vm:{name}"},
+        {"$set": {"service": service, "kind": "vm", "name": name, "text": text, "uploaded_at": utcnow()},
+         "$inc": {"revision": 1}},
+        upsert=True, return_document=ReturnDocument.AFTER)
+    assert doc is not None
+    log.info("template stored", extra={"service_name": service, "template": name, "revision": doc["revision"]})
+    return schemas.TemplateUploaded(service=service, name=name, revision=int(doc["revision"]), size=len(text.encode()))
+
+
 @router.put(
     "/config",
     response_model=schemas.ConfigUploaded,
-    summary="Upload the service's configuration (YAML or JSON)",
+    summary="Upload the service's configuration (YAML, JSON, or Carina's config.rb)",
     responses=errors(*COMMON_ERRORS, 404, 413, 415),
-    openapi_extra=_text_body(CONFIG_TYPES, "the configuration document (see docs/configuration.md)"),
+    openapi_extra=upload_body(CONFIG_TYPES, "the configuration document (see docs/configuration.md); a config.rb "
+                                           "(Content-Type text/x-ruby, or recognised by its ENDPOINT/TEMPLATE/"
+                                           "ENVIRONMENT constants) is converted first"),
 )
 async def upload_config(request: Request, gw: GatewayDep, caller: CallerDep,
                         service: ServiceQuery = None) -> schemas.ConfigUploaded:
     svc = acting_service(caller, service)
     text = await read_upload(request, CONFIG_TYPES, gw.settings.max_config_bytes)
-    config, document = parse_service_config(text, vm_files=await vm_file_names(gw.store, svc))
-    revision = await store_config(gw.store, svc, document)
-    log.info("configuration stored", extra={"service_name": svc, "revision": revision})
-    return schemas.ConfigUploaded(service=svc, revision=revision, environments=sorted(config.environments))
+    return await accept_config(gw, svc, text, ruby=is_config_rb(text, media_type(request)))
 
 
 @router.get("/config", response_model=schemas.StoredConfig, summary="The stored configuration (credentials redacted)",
@@ -113,7 +155,7 @@ async def list_configs(gw: GatewayDep, caller: CallerDep, service: ServiceQuery 
     response_model=schemas.TemplateUploaded,
     summary="Upload an OpenNebula template text (.vm)",
     responses=errors(*COMMON_ERRORS, 404, 413, 415),
-    openapi_extra=_text_body(TEMPLATE_TYPES, "the OpenNebula template text, with %PLACEHOLDERS%"),
+    openapi_extra=upload_body(TEMPLATE_TYPES, "the OpenNebula template text, with %PLACEHOLDERS%"),
 )
 async def upload_template(
     request: Request,
@@ -124,14 +166,7 @@ async def upload_template(
 ) -> schemas.TemplateUploaded:
     svc = acting_service(caller, service)
     text = await read_upload(request, TEMPLATE_TYPES, gw.settings.max_template_bytes)
-    doc = await gw.store.configs.find_one_and_update(
-        {"_id": f"{svc}:vm:{name}"},
-        {"$set": {"service": svc, "kind": "vm", "name": name, "text": text, "uploaded_at": utcnow()},
-         "$inc": {"revision": 1}},
-        upsert=True, return_document=ReturnDocument.AFTER)
-    assert doc is not None
-    log.info("template stored", extra={"service_name": svc, "template": name, "revision": doc["revision"]})
-    return schemas.TemplateUploaded(service=svc, name=name, revision=int(doc["revision"]), size=len(text.encode()))
+    return await store_template(gw.store, svc, name, text)
 
 
 @router.get("/templates", response_model=list[schemas.TemplateEntry], summary="Uploaded .vm templates",

@@ -53,6 +53,23 @@ async def load_env(gw: Gateway, caller: Caller, envid: int, service: str | None 
     return env
 
 
+async def accept_create(gw: Gateway, service: str, config: str, request_id: str | None) -> list[schemas.Member]:
+    """Record a new environment (or every member of a group) and nudge envmgr; the members in creation order."""
+    try:
+        ids = await create_environment(gw.store, service, config, request_id=request_id, requested_by="api")
+    except DuplicateKeyError:
+        # A concurrent request with the same idempotency key won the insert: answer with its result.
+        ids = await create_environment(gw.store, service, config, request_id=request_id, requested_by="api")
+    names = {d["_id"]: str(d["name"]) async for d in gw.store.envs.find({"_id": {"$in": [e for e, _ in ids]}},
+                                                                         {"name": 1})}
+    members = [schemas.Member(envid=envid, jobid=jobid, name=names.get(envid, config)) for envid, jobid in ids]
+    for member in members:
+        await gw.nudge(EnvCreate(service=service, config=member.name, envid=member.envid, request_id=request_id))
+    log.info("environment accepted", extra={"service_name": service, "config": config,
+                                            "envids": [m.envid for m in members]})
+    return members
+
+
 @router.post("/environments", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.Created,
              summary="Create an environment (or every member of a group) from the configuration",
              responses=errors(*COMMON_ERRORS, 404))
@@ -64,20 +81,8 @@ async def create(body: schemas.CreateEnvironment, gw: GatewayDep, caller: Caller
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             "'request_id' and the Idempotency-Key header differ")
     svc = acting_service(caller, body.service or service)
-    request_id = body.request_id or idempotency_key
-    try:
-        ids = await create_environment(gw.store, svc, body.config, request_id=request_id, requested_by="api")
-    except DuplicateKeyError:
-        # A concurrent request with the same idempotency key won the insert: answer with its result.
-        ids = await create_environment(gw.store, svc, body.config, request_id=request_id, requested_by="api")
-    names = {d["_id"]: str(d["name"]) async for d in gw.store.envs.find({"_id": {"$in": [e for e, _ in ids]}},
-                                                                         {"name": 1})}
-    members = [schemas.Member(envid=envid, jobid=jobid, name=names.get(envid, body.config)) for envid, jobid in ids]
-    for member in members:
-        await gw.nudge(EnvCreate(service=svc, config=member.name, envid=member.envid, request_id=request_id))
-    log.info("environment accepted", extra={"service_name": svc, "config": body.config,
-                                            "envids": [m.envid for m in members]})
-    return schemas.Created(envid=ids[0][0], jobid=ids[0][1], members=members)
+    members = await accept_create(gw, svc, body.config, body.request_id or idempotency_key)
+    return schemas.Created(envid=members[0].envid, jobid=members[0].jobid, members=members)
 
 
 @router.get("/environments", response_model=list[schemas.EnvSummary], summary="Environments of the service",
@@ -191,7 +196,16 @@ async def remove(envid: EnvId, gw: GatewayDep, caller: CallerDep, service: Servi
                summary="Remove every member of a group (Carina's `--remove -GROUPID`)", responses=OP_ERRORS)
 async def remove_group(groupid: GroupId, gw: GatewayDep, caller: CallerDep,
                        service: ServiceQuery = None) -> schemas.GroupRemoval:
-    scope = service_scope(caller, service)
+    return await remove_group_members(gw, service_scope(caller, service), groupid)
+
+
+async def remove_group_members(gw: Gateway, scope: str | None, groupid: int) -> schemas.GroupRemoval:
+    """Start REMOVE on every member of a group (dependants first) that can be removed.
+
+    Raises:
+        HTTPException: 404 when the group has no member visible to the caller.
+        OperationRefused: when no member could be removed (each one's reason is listed).
+    """
     members = [m async for m in gw.store.envs.find(scope_query(scope, {"groupid": groupid}), {"spec": 0})]
     if not members:
         raise not_found(f"Group {groupid} not found")

@@ -6,28 +6,48 @@ The engine (`services.policy.engine`) is pure; this module is its I/O shell:
 
 - the view: live VM slots counted by health (MISSING, UNKNOWN, FAILED), `avgcpu`/`avgmem` from zone monitoring
   over RUNNING VMs, guest-pushed metrics averaged over the VMs that reported within `metric_max_age` (stale
-  samples are ignored), whether an operation runs, and the failover partners;
-- the state (`policy_state` collection) is written with compare-and-set, so two replicas evaluating the same
-  environment at once cannot both count a tick;
-- decisions: every action, and every "none" whose reason changed, goes to the `decisions` collection and to
-  `policy.decision`; the environment's latest decisions are kept on its state for `oneenv policy <envid>`;
+  samples are ignored), whether an operation runs (or a command we sent is not yet visible), and the failover
+  partners;
+- evaluation periods: a policy's `period` counts ticks (Carina: "true on more than `period` evaluations, one every
+  60 s"). Metric arrivals evaluate at once, but all evaluations that fall in the same tick period replace each
+  other — each starts again from the state the period began with — so a burst of metric pushes reacts sooner
+  without counting as extra ticks. Once an evaluation in a period has acted, the rest of that period is left alone;
+- the state (`policy_state` collection: `state`, `base`, `slot`, `acted`, `awaiting`, `plan`, `recent`, `latest`) is
+  written with compare-and-set, so two replicas evaluating the same environment at once cannot both count a tick
+  or both act;
+- decisions: every action, and every "none" whose kind of reason changed, goes to the `decisions` collection, to
+  `policy.decision` and to the state's `recent` list (newest first); `latest` keeps the last decision of each policy
+  (elasticity, availability) however unremarkable, for `oneenv policy <envid>`;
 - actions become commands for envmgr (`env.scale`, `env.recreate`, `env.failover`, `env.failback`), one at a time:
-  envmgr refuses a second operation while one runs, whoever asks.
+  envmgr runs one operation per environment and one slave per scaling job, so a OneFlow change of several VMs is
+  kept as a `plan` and carried out one VM per evaluation, counted as `outstanding` so that nothing asks twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from datetime import timedelta
-from typing import Any
+import re
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
+from pymongo.errors import DuplicateKeyError
 
 from libs.common.bus import Delivery
-from libs.common.messages import (EnvFailback, EnvFailover, EnvRecreate, EnvScale, Message, PolicyDecision,
-                                  PolicyTick, VmMetrics, utcnow)
+from libs.common.messages import (
+    EnvFailback,
+    EnvFailover,
+    EnvRecreate,
+    EnvScale,
+    Message,
+    PolicyDecision,
+    PolicyTick,
+    VmMetrics,
+    utcnow,
+)
 from libs.common.runner import ServiceContext
 from services.policy.engine import Decision, EnvironmentPolicy, EnvironmentView, Partner, PolicyState, VmRef, decide
 from services.policy.settings import Settings
@@ -36,25 +56,51 @@ log = logging.getLogger("carina.policy")
 
 DECISIONS = Counter("carina_policy_decisions_total", "Policy decisions, by policy and action", ["policy", "action"])
 EVAL_SECONDS = Histogram("carina_policy_tick_duration_seconds", "Evaluating every environment on one tick",
-                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+                         buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+SKIPPED_TICKS = Counter("carina_policy_ticks_skipped_total", "Ticks not evaluated because a newer one was due")
 UNHEALTHY = {"MISSING": "MISSING", "DONE": "MISSING", "UNKNOWN": "UNKNOWN", "FAILED": "FAILED"}
 EVALUATED = ("READY", "ACTIVE", "PASSIVE", "FAILED")
+VM_ACTIONS = ("scaleup", "scaledown", "recreate")
 KEEP_RECENT = 20
+Trigger = Literal["tick", "metrics", "manual"]
+
+_NUMBERS = re.compile(r"\d+(\.\d+)?")
 
 
 class Evaluator:
+    """Evaluates environments' policies and turns decisions into envmgr commands (shared by all replicas)."""
+
     def __init__(self, ctx: ServiceContext, settings: Settings) -> None:
         self.ctx = ctx
         self.settings = settings
         self.store = ctx.store
         self._locks: dict[int, asyncio.Lock] = {}
 
+    # --- triggers ---------------------------------------------------------------------------------------------------
+
     async def on_tick(self, msg: PolicyTick, delivery: Delivery) -> None:
-        with EVAL_SECONDS.time():
-            await self.evaluate_all()
+        """`policy.tick`: evaluate every environment, unless a newer tick is already due (we fell behind)."""
+        if utcnow() - msg.at > timedelta(seconds=self.settings.tick_interval * 1.5):
+            SKIPPED_TICKS.inc()
+            return
+
+        async def keep_alive() -> None:
+            # A long evaluation (many environments) must not be redelivered to another replica meanwhile.
+            while True:
+                await asyncio.sleep(10)
+                with contextlib.suppress(Exception):
+                    await delivery.in_progress()
+
+        heartbeat = asyncio.create_task(keep_alive())
+        try:
+            with EVAL_SECONDS.time():
+                await self.evaluate_all()
+        finally:
+            heartbeat.cancel()
 
     async def on_metrics(self, msg: VmMetrics, delivery: Delivery) -> None:
-        await self.evaluate(msg.envid)
+        """`vm.metrics`: a guest pushed metrics; evaluate its environment now."""
+        await self.evaluate(msg.envid, trigger="metrics")
 
     async def evaluate_all(self) -> int:
         """Evaluate every environment that has a policy. Returns how many were evaluated."""
@@ -67,47 +113,95 @@ class Evaluator:
         async def one(envid: int) -> None:
             async with semaphore:
                 try:
-                    await self.evaluate(envid)
+                    await self.evaluate(envid, trigger="tick")
                 except Exception:  # noqa: BLE001 - one broken environment must not stop the others
                     log.exception("policy evaluation failed", extra={"envid": envid})
 
         await asyncio.gather(*(one(e) for e in envids))
         return len(envids)
 
-    async def evaluate(self, envid: int) -> list[Decision]:
-        lock = self._locks.setdefault(envid, asyncio.Lock())
-        async with lock:
-            env = await self.store.envs.find_one({"_id": envid})
-            if env is None or not env.get("active") or env.get("policy_status") not in EVALUATED:
-                return []
-            config = env["spec"]["config"]
-            try:
-                policy = EnvironmentPolicy.from_config(config)
-            except ValidationError as exc:
-                log.warning("invalid policy ignored", extra={"envid": envid, "reason": str(exc)[:300]})
-                return []
-            if policy.elasticity is None and policy.availability is None:
-                return []
-            view = await self._view(env)
-            state_doc = await self.store["policy_state"].find_one({"_id": envid}) or {"version": 0}
-            now = utcnow()
-            decisions, state = decide(view, policy, PolicyState.from_dict(state_doc.get("state")), now)
-            recent = _recent(state_doc, decisions)
-            fields = {"state": state.to_dict(), "recent": recent, "updated_at": now, "envid": envid}
-            if state_doc.get("_id") is None:
-                try:
-                    await self.store["policy_state"].insert_one({"_id": envid, "version": 1, **fields})
-                except Exception:  # noqa: BLE001 - another replica inserted first: its evaluation counts
-                    return []
-            elif not await self.store.cas_update("policy_state", envid, int(state_doc["version"]), fields):
-                return []  # another replica evaluated this tick
-            await self._record(env, state_doc, decisions)
-            await self._act(env, decisions, now)
-            return decisions
+    # --- one environment --------------------------------------------------------------------------------------------
 
-    async def _view(self, env: dict[str, Any]) -> EnvironmentView:
+    async def evaluate(self, envid: int, trigger: Trigger = "manual", now: datetime | None = None) -> list[Decision]:
+        """Evaluate one environment's policies now; record the decisions and send the resulting command.
+
+        Args:
+            envid: the environment.
+            trigger: what asked (recorded with the decisions).
+            now: the evaluation time (tests); defaults to the current time.
+
+        Returns:
+            The decisions taken (empty when the environment has no policy, is not evaluated in its status, was
+            already acted on in this tick period, or another replica evaluated it at the same moment).
+        """
+        # Evaluations of one environment in this process run one after the other (a tick and a metric push).
+        async with self._locks.setdefault(envid, asyncio.Lock()):
+            return await self._evaluate(envid, trigger, now or utcnow())
+
+    async def _evaluate(self, envid: int, trigger: Trigger, now: datetime) -> list[Decision]:
+        env = await self.store.envs.find_one({"_id": envid})
+        if env is None or not env.get("active") or env.get("policy_status") not in EVALUATED:
+            return []
+        config = env["spec"]["config"]
+        try:
+            policy = EnvironmentPolicy.from_config(config)
+        except ValidationError as exc:
+            log.warning("invalid policy ignored", extra={"envid": envid, "reason": str(exc)[:300]})
+            return []
+        if policy.elasticity is None and policy.availability is None:
+            return []
+        state_doc = await self.store["policy_state"].find_one({"_id": envid}) or {}
+        slot = int(now.timestamp() // self.settings.tick_interval)
+        same_period = state_doc.get("slot") == slot
+        if same_period and state_doc.get("acted"):
+            return []  # this tick period already produced a command: the next period looks again
+        # Every evaluation of a tick period starts from the state the period began with, so it counts once.
+        base = state_doc.get("base") if same_period else state_doc.get("state")
+        awaiting = _still_awaiting(state_doc.get("awaiting"), env, now, self.settings.command_timeout)
+        plan = _live_plan(state_doc.get("plan"), env, now, self.settings.command_timeout)
+        view = await self._view(env, busy_extra=awaiting is not None, plan=plan)
+        decisions, state = decide(view, policy, PolicyState.from_dict(base), now)
+
+        commands, plan = self._commands(env, view, decisions, plan, now)
+        if commands and any(isinstance(c, (EnvScale, EnvRecreate)) for c in commands):
+            awaiting = {"env_version": int(env.get("version", 0)), "at": now,
+                        "command": type(commands[0]).__name__}
+        noteworthy = _noteworthy(state_doc, decisions)
+        latest = dict(state_doc.get("latest") or {})
+        for decision in decisions:
+            latest[decision.policy] = {**decision.to_dict(), "trigger": trigger}
+        fields = {
+            "state": state.to_dict(),
+            "base": base,
+            "slot": slot,
+            "acted": bool(commands),
+            "awaiting": awaiting,
+            "plan": plan,
+            "recent": ([{**d.to_dict(), "trigger": trigger} for d in noteworthy]
+                       + list(state_doc.get("recent") or []))[:KEEP_RECENT],
+            "latest": latest,
+            "updated_at": now,
+            "envid": envid,
+            "service": env.get("service"),
+        }
+        if not state_doc:
+            try:
+                await self.store["policy_state"].insert_one({"_id": envid, "version": 1, **fields})
+            except DuplicateKeyError:
+                return []  # another replica evaluated it first: its evaluation counts
+        elif not await self.store.cas_update("policy_state", envid, int(state_doc.get("version", 0)), fields):
+            return []  # another replica evaluated it at the same moment
+        await self._record(env, noteworthy, trigger)
+        for command in commands:
+            await self.ctx.bus.publish(command)
+        return decisions
+
+    async def _view(self, env: dict[str, Any], busy_extra: bool = False,
+                    plan: dict[str, Any] | None = None) -> EnvironmentView:
         envid = int(env["_id"])
-        slots = [s async for s in self.store.slots.find({"envid": envid, "live": True})]
+        slots = [s async for s in self.store.slots.find({"envid": envid, "live": True},
+                                                        {"role": 1, "index": 1, "lifecycle": 1, "one_id": 1,
+                                                         "cpu": 1, "memory": 1})]
         counts = {"MISSING": 0, "UNKNOWN": 0, "FAILED": 0}
         unhealthy: list[VmRef] = []
         cpus: list[float] = []
@@ -126,9 +220,9 @@ class Evaluator:
                     mems.append(float(slot["memory"]))
         metrics: dict[str, float] = {}
         if cpus:
-            metrics["avgcpu"] = sum(cpus) / len(cpus)
+            metrics["avgcpu"] = round(sum(cpus) / len(cpus), 2)
         if mems:
-            metrics["avgmem"] = sum(mems) / len(mems)
+            metrics["avgmem"] = round(sum(mems) / len(mems), 2)
         metrics.update(await self._guest_metrics(envid, {s["_id"] for s in slots}))
         group = ((env["spec"]["config"].get("availability_policy") or {}).get("failover_group"))
         partners: list[Partner] = []
@@ -136,16 +230,18 @@ class Evaluator:
             async for other in self.store.envs.find(
                 {"service": env["service"], "active": True, "_id": {"$ne": envid},
                  "spec.config.availability_policy.failover_group": group},
-                {"policy_status": 1, "spec.config.availability_policy.failover_role": 1},
+                {"policy_status": 1, "spec": 1},
             ):
                 role = ((other.get("spec") or {}).get("config", {}).get("availability_policy") or {}).get(
                     "failover_role")
                 partners.append(Partner(envid=int(other["_id"]), role=role, policy_status=other["policy_status"]))
+        outstanding = int(plan["remaining"]) if plan and plan.get("direction") == "up" else 0
         return EnvironmentView(
             envid=envid, policy_status=env["policy_status"], num_vms=len(slots),
             nummissing=counts["MISSING"], numunknown=counts["UNKNOWN"], numfailed=counts["FAILED"],
-            unhealthy=tuple(unhealthy), metrics=metrics, busy=env.get("op") is not None,
-            partners=tuple(partners), base_vms=1 + int(env["spec"]["config"].get("num_slaves", 0)),
+            unhealthy=tuple(unhealthy), metrics=metrics, busy=env.get("op") is not None or busy_extra,
+            outstanding=outstanding, partners=tuple(partners),
+            base_vms=1 + int(env["spec"]["config"].get("num_slaves", 0) or 0),
         )
 
     async def _guest_metrics(self, envid: int, live_slots: set[str]) -> dict[str, float]:
@@ -163,47 +259,99 @@ class Evaluator:
             out[f"m.{key}"] = mean
         return out
 
-    async def _record(self, env: dict[str, Any], state_doc: dict[str, Any], decisions: list[Decision]) -> None:
-        previous = {(d.get("policy"), d.get("source")): d.get("reason") for d in state_doc.get("recent", [])[:4]}
+    # --- output -----------------------------------------------------------------------------------------------------
+
+    async def _record(self, env: dict[str, Any], decisions: list[Decision], trigger: Trigger) -> None:
+        if not decisions:
+            return
+        docs = []
         for decision in decisions:
             DECISIONS.labels(policy=decision.policy, action=decision.action).inc()
-            unchanged = previous.get((decision.policy, decision.source)) == decision.reason
-            if not decision.is_action and unchanged:
-                continue
             doc = decision.to_dict()
-            doc["at"] = decision.at
-            await self.store["decisions"].insert_one({**doc, "service": env["service"]})
+            docs.append({**doc, "at": decision.at, "service": env["service"], "trigger": trigger})
+        await self.store["decisions"].insert_many(docs)
+        for decision in decisions:
             await self.ctx.bus.publish(PolicyDecision(
                 envid=decision.envid, policy=decision.policy, action=decision.action, reason=decision.reason[:2000],
                 inputs=dict(decision.inputs), expressions=dict(decision.expressions),
                 recommend_only=decision.recommend_only, at=decision.at))
 
-    async def _act(self, env: dict[str, Any], decisions: list[Decision], now: Any) -> None:
+    def _commands(self, env: dict[str, Any], view: EnvironmentView, decisions: list[Decision],
+                  plan: dict[str, Any] | None, now: datetime) -> tuple[list[Message], dict[str, Any] | None]:
+        """The command to send for this evaluation (at most one) and the multi-VM plan left to carry out."""
         envid = int(env["_id"])
         stamp = now.strftime("%Y%m%dT%H%M%S%f")
-        commands: list[Message] = []
+        group = (env["spec"]["config"].get("availability_policy") or {}).get("failover_group") or ""
         for decision in decisions:
             if decision.action in ("scaleup", "scaledown"):
-                commands.append(EnvScale(envid=envid, direction="up" if decision.action == "scaleup" else "down",
-                                         requested_by="policy", reason=decision.reason[:500],
-                                         request_id=f"policy-{stamp}"))
-            elif decision.action == "recreate" and decision.vm is not None:
-                commands.append(EnvRecreate(envid=envid, vmid=decision.vm.vmid, slot=decision.vm.slot,
-                                            requested_by="policy", request_id=f"policy-{stamp}"))
-            elif decision.action == "failover":
-                group = env["spec"]["config"]["availability_policy"]["failover_group"]
-                commands.append(EnvFailover(envid=envid, group=group, reason=decision.reason[:500],
-                                            request_id=f"policy-{stamp}"))
-            elif decision.action == "failback":
-                group = env["spec"]["config"]["availability_policy"]["failover_group"]
-                commands.append(EnvFailback(envid=envid, group=group, reason=decision.reason[:500],
-                                            request_id=f"policy-{stamp}"))
-            if commands:
-                break  # one operation per environment at a time
-        for command in commands:
-            await self.ctx.bus.publish(command)
+                direction: Literal["up", "down"] = "up" if decision.action == "scaleup" else "down"
+                # envmgr adds or removes one slave per job: the rest of a multi-VM change waits in the plan.
+                remaining = decision.count - 1
+                new_plan = None if remaining <= 0 else {
+                    "direction": direction, "remaining": remaining, "source": decision.source,
+                    "target": view.num_vms + (decision.count if direction == "up" else -decision.count),
+                    "reason": decision.reason[:400], "at": now}
+                return [EnvScale(envid=envid, direction=direction, requested_by="policy",
+                                 reason=decision.reason[:500], request_id=f"policy-{stamp}")], new_plan
+            if decision.action == "recreate" and decision.vm is not None:
+                return [EnvRecreate(envid=envid, vmid=decision.vm.vmid, slot=decision.vm.slot,
+                                    requested_by="policy", request_id=f"policy-{stamp}")], plan
+            if decision.action == "failover":
+                return [EnvFailover(envid=envid, group=group, reason=decision.reason[:500],
+                                    request_id=f"policy-{stamp}")], None
+            if decision.action == "failback":
+                return [EnvFailback(envid=envid, group=group, reason=decision.reason[:500],
+                                    request_id=f"policy-{stamp}")], None
+        if plan is None or view.busy or view.policy_status != "ACTIVE":
+            return [], None if view.policy_status != "ACTIVE" else plan
+        # Carry the plan on: one more VM towards its target.
+        direction = plan["direction"]
+        reached = view.num_vms >= plan["target"] if direction == "up" else view.num_vms <= plan["target"]
+        if reached or int(plan["remaining"]) <= 0:
+            return [], None
+        remaining = int(plan["remaining"]) - 1
+        return [EnvScale(envid=envid, direction=direction, requested_by="policy",
+                         reason=f"continuing {plan['source']}: {plan['reason']}"[:500],
+                         request_id=f"policy-{stamp}")], ({**plan, "remaining": remaining} if remaining else None)
 
 
-def _recent(state_doc: dict[str, Any], decisions: list[Decision]) -> list[dict[str, Any]]:
-    fresh = [d.to_dict() for d in decisions]
-    return (fresh + list(state_doc.get("recent") or []))[:KEEP_RECENT]
+def _still_awaiting(awaiting: dict[str, Any] | None, env: dict[str, Any], now: datetime,
+                    timeout: float) -> dict[str, Any] | None:
+    """A command we sent that envmgr has not yet picked up (the environment document is unchanged since)."""
+    if not awaiting:
+        return None
+    if int(env.get("version", 0)) != int(awaiting.get("env_version", -1)):
+        return None
+    at = awaiting.get("at")
+    if not isinstance(at, datetime) or now - at > timedelta(seconds=timeout):
+        return None
+    return awaiting
+
+
+def _live_plan(plan: dict[str, Any] | None, env: dict[str, Any], now: datetime,
+               timeout: float) -> dict[str, Any] | None:
+    """A multi-VM change still being carried out; dropped when stale or when the environment left ACTIVE."""
+    if not plan or env.get("policy_status") != "ACTIVE":
+        return None
+    at = plan.get("at")
+    # A plan advances one VM per operation; one that has not moved for a long time was overtaken by events.
+    if not isinstance(at, datetime) or now - at > timedelta(seconds=max(600.0, 20 * timeout)):
+        return None
+    return plan
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its numbers: 'avgcpu[55.1] > 50 held on 2 ...' and '... on 3 ...' are the same kind."""
+    return _NUMBERS.sub("#", reason)
+
+
+def _noteworthy(state_doc: dict[str, Any], decisions: list[Decision]) -> list[Decision]:
+    """Actions always; a 'none' only when its kind of reason differs from the last one recorded for that policy."""
+    previous = {policy: (d.get("action"), d.get("source"), _reason_kind(str(d.get("reason", ""))))
+                for policy, d in (state_doc.get("latest") or {}).items()}
+    out = []
+    for decision in decisions:
+        same = previous.get(decision.policy) == (decision.action, decision.source, _reason_kind(decision.reason))
+        if decision.is_action or decision.recommended is not None or not same:
+            out.append(decision)
+    return out

@@ -10,19 +10,28 @@ Intent was recorded by envmgr (the slot document) before this message was sent. 
 4. report what the zone says (`vm.status` with the VM id): envmgr records it. A refusal the zone will repeat
    (credentials, invalid template, quota) is reported as FAILED with its reason, which fails the operation with
    that reason instead of retrying forever.
+
+Two deliveries of the same command (a redelivery, a duplicate, two replicas) must not both find no VM and both
+allocate one: a handler first claims the slot in the `provision_claims` collection (an insert on the slot id,
+taken over only once the previous claim expired), so lookup-then-allocate runs once at a time per slot.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from libs.common.auth import guest_token
 from libs.common.bus import Bus, Delivery
 from libs.common.crashpoints import crashpoint
 from libs.common.db import Store
-from libs.common.errors import PermanentError
-from libs.common.messages import VmProvision, VmStatus
+from datetime import timedelta
+
+from pymongo.errors import DuplicateKeyError
+
+from libs.common.errors import PermanentError, TransientError
+from libs.common.messages import VmProvision, VmStatus, utcnow
 from services.provisioner.one_client import VmView, ZoneClient, ZoneUnavailable
 from services.provisioner.render import render_extra, render_vm
 from services.provisioner.settings import Settings
@@ -38,7 +47,10 @@ def status_of(envid: int, slot: dict[str, Any], zone: str, vm: VmView) -> VmStat
 
 
 class ProvisionHandler:
-    def __init__(self, store: Store, bus: Bus, zones: ZoneRegistry, settings: Settings, token_secret: str) -> None:
+    def __init__(self, store: Store, bus: Bus, zones: ZoneRegistry, settings: Settings, token_secret: str,
+                 owner: str = "provisioner", claim_ttl: float = 120.0) -> None:
+        self.owner = owner
+        self.claim_ttl = claim_ttl
         self.store = store
         self.bus = bus
         self.zones = zones
@@ -54,6 +66,9 @@ class ProvisionHandler:
         env = await self.store.envs.find_one({"_id": msg.envid})
         if env is None:
             return
+        holder = await self._claim(msg.slot)
+        if holder is None:
+            raise TransientError(f"slot {msg.slot} is being provisioned by another handler", delay=2.0)
         try:
             zone = await self.zones.client(env["service"], slot["endpoint"])
             vm = await self._ensure(zone, env, slot)
@@ -62,7 +77,23 @@ class ProvisionHandler:
             await self.bus.publish(VmStatus(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
                                             zone=slot["zone"], lifecycle="FAILED", error=str(exc)[:2000]))
             return
+        finally:
+            await self.store["provision_claims"].delete_one({"_id": msg.slot, "owner": holder})
         await self.bus.publish(status_of(msg.envid, slot, slot["zone"], vm))
+
+    async def _claim(self, slot_id: str) -> str | None:
+        """Take the slot's provisioning claim (or one that expired: its holder died mid-call); returns its holder
+        id, or None if another handler holds it."""
+        now = utcnow()
+        holder = f"{self.owner}:{uuid.uuid4().hex[:12]}"
+        claim = {"owner": holder, "until": now + timedelta(seconds=self.claim_ttl)}
+        claims = self.store["provision_claims"]
+        try:
+            await claims.insert_one({"_id": slot_id, **claim})
+            return holder
+        except DuplicateKeyError:
+            taken = await claims.update_one({"_id": slot_id, "until": {"$lt": now}}, {"$set": claim})
+            return holder if taken.modified_count == 1 else None
 
     async def _ensure(self, zone: ZoneClient, env: dict[str, Any], slot: dict[str, Any]) -> VmView:
         existing = await zone.find_by_name(str(slot["name"]))
