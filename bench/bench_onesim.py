@@ -19,8 +19,10 @@ import pyone  # noqa: E402
 
 from libs.onesim import NetworkSpec, SimZone, ZoneConfig  # noqa: E402
 
-VM_TEXT = 'NAME = "bench-{i}"\nCPU = 0.1\nVCPU = 1\nMEMORY = 64\nNIC = [ NETWORK_ID = 0 ]\n' \
-          'CONTEXT = [ IP = "$NIC[IP]", VMID = "$VMID" ]\nCARINA_ENVID = "{env}"\n'
+VM_TEXT = (
+    'NAME = "bench-{i}"\nCPU = 0.1\nVCPU = 1\nMEMORY = 64\nNIC = [ NETWORK_ID = 0 ]\n'
+    'CONTEXT = [ IP = "$NIC[IP]", VMID = "$VMID" ]\nCARINA_ENVID = "{env}"\n'
+)
 
 
 def main() -> int:
@@ -30,10 +32,15 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=8, help="parallel pyone clients for the allocation phase")
     args = ap.parse_args()
     cfg = ZoneConfig(
-        hosts=ZoneConfig.uniform_hosts(8, 10000, 65536), networks=[NetworkSpec("bench", "10.8.0.0/16")],
-        boot_seconds=0, shutdown_seconds=0, guest_seconds=0, monitor_seconds=3600,
+        hosts=ZoneConfig.uniform_hosts(8, 10000, 65536),
+        networks=[NetworkSpec("bench", "10.8.0.0/16")],
+        boot_seconds=0,
+        shutdown_seconds=0,
+        guest_seconds=0,
+        monitor_seconds=3600,
     )
     with SimZone(cfg) as zone:
+
         def allocate(chunk: range) -> list[int]:
             one = pyone.OneServer(zone.url, session=zone.session)
             return [one.vm.allocate(VM_TEXT.format(i=i, env=i % 10), False) for i in chunk]

@@ -2,10 +2,11 @@
 
 Run: `.venv/bin/python bench/bench_scheduler.py [--requests N] [--seed S]`.
 
-Scenario: 3 zones with one pool of each class (4 x 3 pools, about a third of the demand fits at once), 24 services
-spread over the four classes. All requests are submitted, then the scheduler runs passes 30 s apart; between
-passes, holders release a random 30% of their grants and every victim honours its reclaim, as envmgr would. The
-run ends when nothing is pending. A decision is a Grant, Reclaim or Rejected effect; only time spent inside the
+Scenario: 3 zones with one pool of each class (4 x 3 pools of 96 vCPUs), 24 services spread over the four classes.
+Requests arrive in waves of 400 per pass (passes 30 s apart), bronze and silver first, then more and more gold and
+platinum, so lower classes borrow higher-class pools and must give capacity back. Between passes holders release a
+random 30% of their grants and every victim honours its reclaim, as envmgr would. The run ends when nothing is
+pending. A decision is a Grant, Reclaim or Rejected effect; only time spent inside the
 allocator (submit, step, release) is counted.
 """
 
@@ -24,6 +25,7 @@ from services.scheduler.allocator import Allocator, Grant, Reclaim, Rejected, Re
 
 CLASSES = ["bronze", "silver", "gold", "platinum"]
 ZONES = ["flame", "ember", "spark"]
+WAVE = 400
 
 
 def build_config() -> GlobalConfig:
@@ -32,27 +34,27 @@ def build_config() -> GlobalConfig:
         for zone in ZONES
         for cls in CLASSES
     }
-    services = {
-        f"svc{i:02d}": {"class": CLASSES[i % 4], "max_vcpus": 200, "max_memory": 200 * 2048} for i in range(24)
-    }
+    services = {f"svc{i:02d}": {"class": CLASSES[i % 4], "max_vcpus": 200, "max_memory": 200 * 2048} for i in range(24)}
     return GlobalConfig.parse({"pools": pools, "services": services})
 
 
 def make_requests(count: int, rng: random.Random) -> list[Request]:
-    services = [f"svc{i:02d}" for i in range(24)]
+    by_class = {cls: [f"svc{i:02d}" for i in range(24) if i % 4 == n] for n, cls in enumerate(CLASSES)}
     requests = []
     for reqid in range(1, count + 1):
         vcpus = rng.choice([0.5, 1, 1, 2, 2, 4])
+        progress = reqid / count  # early waves are mostly low classes, late ones mostly high
+        weights = [1 - progress, 1 - progress / 2, 0.2 + progress, 0.1 + progress]
+        cls = rng.choices(CLASSES, weights)[0]
         requests.append(
             Request(
                 reqid=reqid,
-                service=rng.choice(services),
+                service=rng.choice(by_class[cls]),
                 envid=rng.randint(1, 400),
                 vcpus=vcpus,
                 memory=int(vcpus * 1024),
                 zone=rng.choice(ZONES),
                 kind=RequestKind.SCALEUP if rng.random() < 0.9 else RequestKind.CREATE,
-                submitted_at=float(reqid) / 1000.0,
             )
         )
     return requests
@@ -63,20 +65,21 @@ def run(count: int, seed: int) -> None:
     alloc = Allocator(build_config(), clock=lambda: 0.0, lease_ttl=3600.0, reclaim_window=60.0)
     requests = make_requests(count, rng)
 
-    busy = 0.0
-    started = time.perf_counter()
-    for request in requests:
-        alloc.submit(request, now=0.0)
-    submit_time = time.perf_counter() - started
-    busy += submit_time
-
+    busy = submit_time = 0.0
     now = 0.0
     grants = reclaims = rejected = passes = 0
     held: list[int] = []
     to_release: list[int] = []
-    while alloc.pending_count and passes < 10_000:
+    arrivals = iter(requests)
+    arrived = 0
+    while (arrived < count or alloc.pending_count) and passes < 10_000:
         now += 30.0
+        wave = [next(arrivals) for _ in range(min(WAVE, count - arrived))]
+        arrived += len(wave)
         started = time.perf_counter()
+        for request in wave:
+            alloc.submit(request, now=now)
+        submit_time += time.perf_counter() - started
         for reqid in to_release:
             alloc.release(reqid, now=now)
         effects = alloc.step(now=now)

@@ -418,21 +418,28 @@ class Lease:
         self.ttl = ttl
         self._revision: int | None = None
         self._held_until = 0.0
+        self._renewed_at = 0.0
 
     @property
     def held(self) -> bool:
         return self._revision is not None and time.monotonic() < self._held_until
 
     async def try_acquire_or_renew(self) -> bool:
-        """One step: acquire if free, renew if ours. Returns whether we hold the lease now."""
-        kv = await self.bus.lease_bucket(self.ttl)
+        """One step: acquire if free, renew if ours. Returns whether we hold the lease now.
+
+        Cheap to call in a tight loop: a held lease is only written again once a third of its TTL has passed.
+        """
         now = time.monotonic()
+        if self._revision is not None and now < self._renewed_at + self.ttl / 3 and self.held:
+            return True
+        kv = await self.bus.lease_bucket(self.ttl)
         try:
             if self._revision is None:
                 self._revision = await kv.create(self.key, self.holder.encode())
             else:
                 self._revision = await kv.update(self.key, self.holder.encode(), last=self._revision)
             self._held_until = now + self.ttl * 0.8
+            self._renewed_at = now
             return True
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyValueError, nats.js.errors.APIError):
             if self._revision is not None:

@@ -122,8 +122,8 @@ class Reconciler:
         if plan.events:
             job_status = next((f.get("status") for f in plan.job_sets.values() if f.get("status")), None)
             for message in plan.events:
-                await self.bus.publish(env_event(new_env, message, job_status))
                 log.info(message, extra={"envid": env["_id"], "status": new_env.get("status")})
+            await self.bus.publish_all([env_event(new_env, m, job_status) for m in plan.events])
         return True
 
     async def _update_job(self, env: Doc, jobid: int, fields: Doc) -> None:

@@ -37,7 +37,18 @@ from services.gateway.accounts import set_service_token
 from services.gateway.deps import Gateway
 from services.gateway.metrics import REQUEST_SECONDS, REQUESTS
 from services.gateway.ratelimit import RateLimiter
-from services.gateway.routes import configs, environments, events, guest, health, jobs, services
+from services.gateway.routes import (
+    carina,
+    configs,
+    environments,
+    events,
+    guest,
+    health,
+    jobs,
+    policy,
+    scheduler,
+    services,
+)
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("carina.gateway")
@@ -142,7 +153,7 @@ def create_app(store: Store, bus: Bus, settings: GatewaySettings, common: Common
                                 limiter=RateLimiter(settings.guest_rate, settings.guest_burst))
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware)
-    for module in (health, configs, environments, events, jobs, services, guest):
+    for module in (health, configs, environments, events, policy, jobs, services, scheduler, guest, carina):
         app.include_router(module.router)
     return app
 

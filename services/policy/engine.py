@@ -17,6 +17,10 @@ Semantics (Carina's policy manager with its bugs fixed, plus OneFlow's elasticit
     partner that is ACTIVE back to PASSIVE (it then shrinks back to `base_vms`, one VM per tick);
   - recreate: `recreate_expr` true on more than `period` consecutive ticks -> recreate one unhealthy VM, the master
     first. Carina never reset these counters when an expression turned false; here every counter restarts at 0.
+  - recover: when the environment's last RECREATE (or RECOVER) failed — typically because other VMs of the
+    environment broke too, e.g. a whole host lost — one-by-one recreation cannot finish; once that has lasted more
+    than `period` ticks, the environment is recovered instead: every broken VM replaced at once and the slaves
+    re-added to the master (envmgr's RECOVER). Only for policies with a `recreate_expr`.
   - passive shrink: a PASSIVE environment larger than `base_vms` scales down one VM per tick.
   Failover and failback only change statuses (no VM of this environment is touched), so they are not held back by
   a running operation: a stuck job on a dead zone must not prevent disaster recovery. Recreate and shrink are.
@@ -77,7 +81,7 @@ __all__ = [
 ]
 
 PolicyStatus = Literal["INIT", "READY", "ACTIVE", "PASSIVE", "FAILED"]
-Action = Literal["none", "scaleup", "scaledown", "recreate", "failover", "failback", "promote"]
+Action = Literal["none", "scaleup", "scaledown", "recreate", "recover", "failover", "failback", "promote"]
 PolicyKind = Literal["elasticity", "availability"]
 Direction = Literal["up", "down"]
 
@@ -138,6 +142,7 @@ class EnvironmentView:
         outstanding: scale-ups requested but not yet visible in num_vms (pending scheduler requests).
         partners: the other environments of its failover group.
         base_vms: VMs it was created with (master + num_slaves); a PASSIVE environment shrinks back to this.
+        failed_operation: the type of the environment's last operation if it failed (RECREATE, SCALEUP, ...).
     """
 
     envid: int
@@ -154,6 +159,7 @@ class EnvironmentView:
     outstanding: int = 0
     partners: tuple[Partner, ...] = ()
     base_vms: int | None = None
+    failed_operation: str | None = None
 
     def counters(self) -> dict[str, float]:
         """The availability variables."""
@@ -239,6 +245,7 @@ class PolicyState:
     recreate_counter: int = 0
     failover_counter: int = 0
     failback_counter: int = 0
+    recover_counter: int = 0
     rules: dict[str, RuleState] = field(default_factory=dict)
     scheduled: dict[str, RuleState] = field(default_factory=dict)
     first_eval: datetime | None = None
@@ -257,6 +264,7 @@ class PolicyState:
             "recreate_counter": self.recreate_counter,
             "failover_counter": self.failover_counter,
             "failback_counter": self.failback_counter,
+            "recover_counter": self.recover_counter,
             "rules": {name: rule.to_dict() for name, rule in self.rules.items()},
             "scheduled": {name: rule.to_dict() for name, rule in self.scheduled.items()},
             "first_eval": _iso(self.first_eval),
@@ -280,6 +288,7 @@ class PolicyState:
             recreate_counter=int(data.get("recreate_counter", 0)),
             failover_counter=int(data.get("failover_counter", 0)),
             failback_counter=int(data.get("failback_counter", 0)),
+            recover_counter=int(data.get("recover_counter", 0)),
             rules={str(k): RuleState.from_dict(v) for k, v in (data.get("rules") or {}).items()},
             scheduled={str(k): RuleState.from_dict(v) for k, v in (data.get("scheduled") or {}).items()},
             first_eval=_from_iso(data.get("first_eval")),
@@ -454,7 +463,7 @@ class _Tick:
             decisions.append(self._record(verdict))
             if verdict.action in ("failover", "failback"):
                 status = verdict.status_changes.get(view.envid, status)
-            vm_operation = verdict.action in ("recreate", "scaledown")
+            vm_operation = verdict.action in ("recreate", "recover", "scaledown")
 
         elasticity = self.policy.elasticity
         if elasticity is not None:
@@ -503,6 +512,14 @@ class _Tick:
             "failback_counter": state.failback_counter,
             "busy": view.busy,
         }
+        resumable = policy.recreate_expr is not None and view.failed_operation in ("RECREATE", "RECOVER")
+        # Counted only while nothing runs: a recovery that is itself running (or failing) is not retried at once.
+        if not resumable:
+            state.recover_counter = 0
+        elif not view.busy:
+            state.recover_counter += 1
+        if resumable:
+            inputs.update({"failed_operation": view.failed_operation, "recover_counter": state.recover_counter})
         common: dict[str, Any] = {"inputs": inputs, "expressions": dict(self.expressions)}
         period = policy.period
 
@@ -512,6 +529,22 @@ class _Tick:
         if failback is not None and state.failback_counter > period:
             state.failback_counter = 0
             return self._failback(policy, failback, common)
+
+        if resumable:
+            broken = ", ".join(vm.describe() for vm in view.unhealthy) or "none left"
+            what = f"the last {view.failed_operation} failed (broken VMs: {broken})"
+            if state.recover_counter <= period:
+                return self._decision("availability", "none",
+                                      f"{what}: recovering after more than {period} evaluation(s), "
+                                      f"{state.recover_counter} so far", source="recover", **common)
+            if view.busy:
+                return self._decision("availability", "none", f"{what}, but an operation is running: recover waits",
+                                      source="recover", **common)
+            state.recover_counter = 0
+            state.recreate_counter = 0
+            return self._decision("availability", "recover",
+                                  f"{what}: recover the environment (replace every broken VM, re-add the slaves)",
+                                  count=len(view.unhealthy), source="recover", **common)
 
         if recreate is not None and state.recreate_counter > period:
             held = f"{recreate.rendered} held on {state.recreate_counter} consecutive evaluations (> period {period})"

@@ -63,18 +63,64 @@ class ZoneMonitor:
         reported: dict[str, tuple[Any, ...]] = {}
         cpu_reported: dict[str, tuple[float, float]] = {}
         tick = 0
+        next_full = 0.0
+        busy = False
         try:
             while not self.ctx.stopping.is_set():
                 if not await lease.try_acquire_or_renew():
                     reported.clear()
                     await self.ctx.sleep(2.0)
                     continue
-                busy = await self._poll(service, endpoint, reported, cpu_reported, with_cpu=(tick % 5 == 0))
-                tick += 1
-                await self.ctx.sleep(self.settings.monitor_fast_interval if busy else self.settings.monitor_interval)
+                if time.monotonic() >= next_full:
+                    # The whole pool (and monitoring) at the slow pace: drift, deletions, load.
+                    busy = await self._poll(service, endpoint, reported, cpu_reported, with_cpu=(tick % 3 == 0))
+                    next_full = time.monotonic() + self.settings.monitor_interval
+                    tick += 1
+                elif busy:
+                    # Only the VMs on their way up or down, one `vm.info` each, at the fast pace.
+                    busy = await self._poll_transient(service, endpoint, reported)
+                wait = self.settings.monitor_fast_interval if busy else next_full - time.monotonic()
+                await self.ctx.sleep(max(0.01, wait))
         except asyncio.CancelledError:
             await lease.release()
             raise
+
+    async def _poll_transient(self, service: str, endpoint: str, reported: dict[str, tuple[Any, ...]]) -> bool:
+        query = {"service": service, "endpoint": endpoint, "gone": {"$ne": True},
+                 "lifecycle": {"$in": sorted(TRANSIENT | {"RUNNING"})}}
+        slots = [s async for s in self.ctx.store.slots.find(query, {"nonce": 0, "params": 0})
+                 if s.get("lifecycle") in TRANSIENT or not s.get("live")]
+        if not slots:
+            return False
+        try:
+            zone = await self.zones.client(service, endpoint)
+        except Exception:  # noqa: BLE001 - the full poll reports configuration problems
+            return False
+        busy = any(s.get("one_id") is None and s.get("live") for s in slots)
+
+        async def one(slot: dict[str, Any]) -> bool:
+            if slot.get("one_id") is None:
+                return False
+            try:
+                vm = await zone.info(int(slot["one_id"]))
+            except ZoneNotFound:
+                status = VmStatus(envid=slot["envid"], slot=slot["_id"], incarnation=slot["incarnation"],
+                                  zone=slot["zone"], one_id=int(slot["one_id"]), lifecycle="MISSING")
+            except ZoneUnavailable:
+                return True
+            else:
+                status = VmStatus(envid=slot["envid"], slot=slot["_id"], incarnation=slot["incarnation"],
+                                  zone=slot["zone"], one_id=vm.id, lifecycle=vm.lifecycle,
+                                  state=vm.state, lcm_state=vm.lcm_state, ip=vm.ip, host=vm.host)
+            key = (status.lifecycle, status.ip, status.host, status.one_id)
+            if reported.get(slot["_id"]) != key or slot.get("lifecycle") != status.lifecycle:
+                await self.ctx.bus.publish(status)
+                reported[slot["_id"]] = key
+            return status.lifecycle in TRANSIENT or (not slot.get("live") and status.lifecycle not in
+                                                     ("DONE", "MISSING"))
+
+        results = await asyncio.gather(*(one(s) for s in slots))
+        return busy or any(results)
 
     async def _poll(self, service: str, endpoint: str, reported: dict[str, tuple[Any, ...]],
                     cpu_reported: dict[str, tuple[float, float]], with_cpu: bool) -> bool:

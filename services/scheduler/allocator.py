@@ -679,7 +679,7 @@ class Allocator:
         if self._pending_order is None:
             self._pending_order = sorted(
                 self._pending.values(),
-                key=lambda e: (e.req.submitted_at or 0.0, e.req.reqid),
+                key=lambda e: (-e.cls, e.req.submitted_at or 0.0, e.req.reqid),
             )
         order = self._pending_order
         services = self._services

@@ -40,6 +40,7 @@ from libs.common.bus import Delivery
 from libs.common.messages import (
     EnvFailback,
     EnvFailover,
+    EnvRecover,
     EnvRecreate,
     EnvScale,
     Message,
@@ -60,7 +61,6 @@ EVAL_SECONDS = Histogram("carina_policy_tick_duration_seconds", "Evaluating ever
 SKIPPED_TICKS = Counter("carina_policy_ticks_skipped_total", "Ticks not evaluated because a newer one was due")
 UNHEALTHY = {"MISSING": "MISSING", "DONE": "MISSING", "UNKNOWN": "UNKNOWN", "FAILED": "FAILED"}
 EVALUATED = ("READY", "ACTIVE", "PASSIVE", "FAILED")
-VM_ACTIONS = ("scaleup", "scaledown", "recreate")
 KEEP_RECENT = 20
 Trigger = Literal["tick", "metrics", "manual"]
 
@@ -163,7 +163,7 @@ class Evaluator:
         decisions, state = decide(view, policy, PolicyState.from_dict(base), now)
 
         commands, plan = self._commands(env, view, decisions, plan, now)
-        if commands and any(isinstance(c, (EnvScale, EnvRecreate)) for c in commands):
+        if commands and any(isinstance(c, (EnvScale, EnvRecreate, EnvRecover)) for c in commands):
             awaiting = {"env_version": int(env.get("version", 0)), "at": now,
                         "command": type(commands[0]).__name__}
         noteworthy = _noteworthy(state_doc, decisions)
@@ -242,6 +242,7 @@ class Evaluator:
             unhealthy=tuple(unhealthy), metrics=metrics, busy=env.get("op") is not None or busy_extra,
             outstanding=outstanding, partners=tuple(partners),
             base_vms=1 + int(env["spec"]["config"].get("num_slaves", 0) or 0),
+            failed_operation=(env.get("failed") or {}).get("type"),
         )
 
     async def _guest_metrics(self, envid: int, live_slots: set[str]) -> dict[str, float]:
@@ -296,6 +297,8 @@ class Evaluator:
             if decision.action == "recreate" and decision.vm is not None:
                 return [EnvRecreate(envid=envid, vmid=decision.vm.vmid, slot=decision.vm.slot,
                                     requested_by="policy", request_id=f"policy-{stamp}")], plan
+            if decision.action == "recover":
+                return [EnvRecover(envid=envid, request_id=f"policy-{stamp}")], None
             if decision.action == "failover":
                 return [EnvFailover(envid=envid, group=group, reason=decision.reason[:500],
                                     request_id=f"policy-{stamp}")], None

@@ -1,0 +1,105 @@
+"""Benchmark: create→READY latency and sustained creates per second on the whole stack (issue #4).
+
+Runs the real processes (`libs.devstack.stack`) with the simulated zone's boot and guest delays at zero, creates
+environments of a master + 2 slaves (master_setup_time 0) through the REST API, and times each one from the POST
+to the "environment READY" event on NATS (`events.env.<envid>`). Prints figures; asserts nothing.
+
+    .venv/bin/python bench/bench_lifecycle.py [--samples 30] [--burst 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import nats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from libs.devstack.stack import DevStack, StackConfig  # noqa: E402
+from tests.e2e.conftest import E2E_CONFIG, Stack  # noqa: E402
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+async def run(samples: int, burst: int) -> None:
+    var = Path(tempfile.mkdtemp(prefix="carina-bench-"))
+    config = StackConfig.for_tests(var, service_env={"CARINA_PROVISIONER_MONITOR_FAST_INTERVAL": "0.05",
+                                                     "CARINA_ENVMGR_CONCURRENCY": "32"})
+    config.zone_args = ["--boot-seconds", "0", "--guest-seconds", "0", "--guest-poll-seconds", "0.05",
+                        "--monitor-seconds", "5", "--shutdown-seconds", "0", "--sched-seconds", "0",
+                        "--host-cpu", "100000", "--host-memory", "10000000"]
+    dev = DevStack(config)
+    dev.start()
+    try:
+        stack = Stack(dev)
+        stack.upload_config(E2E_CONFIG % {"zone1": dev.zone_url(0), "zone2": dev.zone_url(1)})
+        nc = await nats.connect(dev.nats_url)
+        ready: dict[int, float] = {}
+
+        async def on_event(msg: nats.aio.msg.Msg) -> None:
+            if b"environment READY" in msg.data:
+                ready.setdefault(int(msg.subject.rsplit(".", 1)[1]), time.perf_counter())
+
+        await nc.subscribe("events.env.*", cb=on_event)
+        client = httpx.AsyncClient(base_url=dev.gateway_url, timeout=60,
+                                   headers={"Authorization": f"Bearer {stack.token}"})
+
+        async def create() -> tuple[int, float]:
+            started = time.perf_counter()
+            answer = await client.post("/api/v1/environments", json={"config": "web", "request_id": uuid.uuid4().hex})
+            answer.raise_for_status()
+            return int(answer.json()["envid"]), started
+
+        async def wait_ready(envids: list[int], timeout: float) -> None:
+            deadline = time.perf_counter() + timeout
+            while any(e not in ready for e in envids) and time.perf_counter() < deadline:
+                await asyncio.sleep(0.005)
+
+        for _ in range(3):  # warm-up: connections, caches, imports
+            envid, _ = await create()
+            await wait_ready([envid], 30)
+        latencies = []
+        for _ in range(samples):
+            envid, started = await create()
+            await wait_ready([envid], 30)
+            if envid in ready:
+                latencies.append((ready[envid] - started) * 1000)
+        started = time.perf_counter()
+        created = await asyncio.gather(*(create() for _ in range(burst)))
+        accepted_in = time.perf_counter() - started
+        await wait_ready([e for e, _ in created], 600)
+        elapsed = time.perf_counter() - started
+        done = sum(1 for e, _ in created if e in ready)
+        print("create→READY latency, master + 2 slaves, zero simulated delays "
+              f"({len(latencies)} sequential creates):")
+        print(f"  p50 {statistics.median(latencies):.0f} ms   p95 {percentile(latencies, 95):.0f} ms   "
+              f"min {min(latencies):.0f} ms   max {max(latencies):.0f} ms")
+        print(f"sustained creates: {burst} submitted at once (accepted in {accepted_in:.1f} s), {done} READY in "
+              f"{elapsed:.1f} s → {done / elapsed:.1f} environments/s ({3 * done / elapsed:.0f} VMs/s)")
+        await client.aclose()
+        await nc.drain()
+    finally:
+        dev.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--burst", type=int, default=200)
+    args = parser.parse_args()
+    asyncio.run(run(args.samples, args.burst))
+
+
+if __name__ == "__main__":
+    main()
