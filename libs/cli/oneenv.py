@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
-import yaml
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -184,6 +183,9 @@ def cpu(value: Any) -> str:
     return f"{float(value):g}" if isinstance(value, int | float) else "-"
 
 
+number = cpu  # 2.0 prints as 2, 0.5 as 0.5
+
+
 def env_rows(envs: list[dict[str, Any]]) -> str:
     return table(["ID", "NAME", "ZONE", "VMS", "P_STATUS", "D_STATUS", "APP_URL"], [
         [e["envid"], e["name"], e.get("zone"), e.get("numvms", 0), str(e.get("policy_status") or "").lower(),
@@ -305,48 +307,52 @@ def _listing(args: argparse.Namespace, data: Any, render: Callable[[list[dict[st
     return EXIT_OK
 
 
-def _import_rb(text: str) -> dict[str, Any]:
-    try:
-        from libs.common import carina_import
-    except ImportError:
-        raise CliError(EXIT_USAGE, "this installation cannot convert config.rb; convert it to YAML first") from None
-    convert = getattr(carina_import, "convert_config_rb", None)
-    try:
-        if convert is not None:
-            result = convert(text)
-            for warning in result.warnings:
-                err(f"warning: {warning}")
-            native: dict[str, Any] = result.native
-            return native
-        imported = carina_import.import_config_rb(text)
-        doc: dict[str, Any] = imported[0] if isinstance(imported, tuple) else imported
-        return doc
-    except Exception as exc:  # noqa: BLE001 - the importer's own errors name the key path; show them as one line
-        raise CliError(EXIT_USAGE, f"cannot convert config.rb: {exc}") from None
+RUBY = "text/x-ruby"
+
+
+def _content_type(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".rb":
+        return RUBY  # the gateway converts Carina's config.rb / global.rb itself (errors name line and column)
+    if suffix in (".yaml", ".yml"):
+        return "application/yaml"
+    if suffix == ".json":
+        return "application/json"
+    raise CliError(EXIT_USAGE, f"don't know how to upload {path.name}: use .yaml/.yml/.json, config.rb or .vm")
+
+
+def _warn(answer: dict[str, Any]) -> None:
+    for warning in answer.get("warnings") or []:
+        err(f"warning: {warning}")
 
 
 def cmd_upload(api: Api, args: argparse.Namespace) -> int:
     path = Path(args.file).expanduser()
+    suffix = path.suffix.lower()
+    if args.is_global and suffix not in (".rb", ".yaml", ".yml", ".json"):
+        raise CliError(EXIT_USAGE,
+                       f"the scheduler configuration is global.yaml (or Carina's global.rb), not {path.name}")
+    if not args.is_global and path.stem.lower() == "global" and suffix in (".rb", ".yaml", ".yml"):
+        raise CliError(EXIT_USAGE, f"{path.name} looks like the scheduler's configuration: add --global")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(EXIT_USAGE, f"cannot read {path}: {exc}") from None
-    suffix = path.suffix.lower()
-    if suffix == ".vm":
+    if suffix == ".vm" and not args.is_global:
         answer = api.call("PUT", f"/api/v1/templates/{path.name}", content=text.encode(),
                           headers={"Content-Type": "text/plain; charset=utf-8"})
         out(as_json(answer) if args.json else f"OK: template {answer['name']} revision {answer['revision']}")
         return EXIT_OK
-    if suffix in (".yaml", ".yml", ".json"):
-        kind = "application/json" if suffix == ".json" else "application/yaml"
-    elif suffix == ".rb":
-        text = yaml.safe_dump(_import_rb(text), sort_keys=False, allow_unicode=True)
-        kind = "application/yaml"
-    else:
-        raise CliError(EXIT_USAGE, f"don't know how to upload {path.name}: use .yaml/.yml/.json, config.rb or .vm")
-    answer = api.call("PUT", "/api/v1/config", content=text.encode(), headers={"Content-Type": kind})
+    kind = _content_type(path)
+    target = "/api/v1/scheduler/config" if args.is_global else "/api/v1/config"
+    answer = api.call("PUT", target, content=text.encode(), headers={"Content-Type": f"{kind}; charset=utf-8"})
+    _warn(answer)
     if args.json:
         out(as_json(answer))
+    elif args.is_global:
+        pools = ", ".join(answer.get("pools") or []) or "none"
+        services = ", ".join(answer.get("services") or []) or "none"
+        out(f"OK: scheduler configuration revision {answer['revision']} (pools: {pools}; services: {services})")
     else:
         names = ", ".join(answer.get("environments") or []) or "none"
         out(f"OK: configuration revision {answer['revision']} (environments: {names})")
@@ -426,18 +432,65 @@ def cmd_show(api: Api, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_scheduler(what: str) -> Callable[[Api, argparse.Namespace], int]:
+def cmd_scheduler(what: str, render: Callable[[list[dict[str, Any]]], str]) -> Callable[[Api, argparse.Namespace], int]:
     def run(api: Api, args: argparse.Namespace) -> int:
-        try:
-            data = api.get(f"/api/v1/scheduler/{what}")
-        except CliError as exc:
-            if exc.code == EXIT_NOT_FOUND:
-                detail = f"this Carina has no global scheduler API (GET /api/v1/scheduler/{what}: {exc})"
-                raise CliError(EXIT_NOT_FOUND, detail) from None
-            raise
-        return _listing(args, data, generic_rows)
+        params = {}
+        if what == "requests":
+            params = {"status": args.status, "envid": args.envid}
+        return _listing(args, api.get(f"/api/v1/scheduler/{what}", **params), render)
 
     return run
+
+
+def policy_rows(decisions: list[dict[str, Any]]) -> str:
+    return table(["TIME", "POLICY", "ACTION", "SOURCE", "REASON"], [
+        [short_time(d.get("at")), d.get("policy"),
+         f"{d.get('action')}{' (recommended)' if d.get('recommend_only') else ''}", d.get("source"), d.get("reason")]
+        for d in decisions])
+
+
+def cmd_policy(api: Api, args: argparse.Namespace) -> int:
+    view: dict[str, Any] = api.get(f"/api/v1/environments/{args.envid}/policy", limit=args.limit)
+    if args.json:
+        out(as_json(view))
+        return EXIT_OK
+    state: dict[str, Any] = view.get("state") or {}
+    direction = f" ({state['scale_direction']})" if state.get("scale_direction") else ""
+    counters = (f"scale {state.get('scale_counter', 0)}{direction}, recreate {state.get('recreate_counter', 0)}, "
+                f"failover {state.get('failover_counter', 0)}, failback {state.get('failback_counter', 0)}")
+    last: dict[str, Any] = state.get("last_action") or {}
+    policies = [name for name in ("elasticity", "availability") if view.get(name)]
+    fields = [("ENVID", view["envid"]), ("NAME", view.get("name")),
+              ("P_STATUS", str(view.get("policy_status") or "").lower()), ("INFO", view.get("info")),
+              ("POLICIES", ", ".join(policies) or "none"), ("EVALUATED", short_time(view.get("updated_at"))),
+              ("COUNTERS", counters if state else None),
+              ("COOLDOWN", short_time(state.get("cooldown_until")) if state.get("cooldown_until") else None),
+              ("LAST_ACTION", " ".join(str(v) for v in (last.get("action"), short_time(last.get("at"))) if v)
+               if last else None)]
+    for key, value in fields:
+        out(f"{key + ':':<13}{'-' if value in (None, '') else value}")
+    out()
+    out(policy_rows(view.get("decisions") or view.get("recent") or []))
+    return EXIT_OK
+
+
+def services_rows(items: list[dict[str, Any]]) -> str:
+    return table(["NAME", "PRIORITY_CLASS", "MEM(ALLOC/MAX)", "VCPUS(ALLOC/MAX)", "CLIENT"], [
+        [s["name"], s.get("class"), f"{s.get('allocated_memory', 0)}/{s.get('max_memory', 0)}",
+         f"{number(s.get('allocated_vcpus'))}/{number(s.get('max_vcpus'))}", ",".join(s.get("zones") or []) or "NONE"]
+        for s in items])
+
+
+def pools_rows(items: list[dict[str, Any]]) -> str:
+    return table(["NAME", "ZONE", "PRIORITY_CLASS", "MEM_TOT", "MEM_AVAIL", "VCPUS_TOT", "VCPUS_AVAIL"], [
+        [p["name"], p.get("zone"), p.get("class"), p.get("memory"), p.get("available_memory"), number(p.get("vcpus")),
+         number(p.get("available_vcpus"))] for p in items])
+
+
+def requests_rows(items: list[dict[str, Any]]) -> str:
+    return table(["ID", "ENVID", "SERVICE", "MEM", "VCPUS", "STATUS", "POOL"], [
+        [r["reqid"], r.get("envid"), r.get("service"), r.get("memory"), number(r.get("vcpus")), r.get("status"),
+         r.get("pool")] for r in items])
 
 
 def cmd_token(api: Api, args: argparse.Namespace) -> int:
@@ -505,7 +558,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
         description="Carina environment manager client.",
         epilog="Carina's flag forms are accepted too: --upload/-U FILE, --create/-c NAME, --envs/-e, --envvms/-k ID, "
                "--scaleup/-u ID, --scaledown/-d ID, --remove/-r ID (-ID: a group), --jobs/-J, --vms/-v, "
-               "--configs/-o, --services/-S, --pools/-P, --requests/-R, --json/-j.",
+               "--configs/-o, --services/-S, --pools/-P, --requests/-R, --json/-j; "
+               "--upload global.yaml --global uploads the scheduler's configuration.",
     )
     shared(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -520,8 +574,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
         p.set_defaults(handler=handler)
         return p
 
-    add("upload", cmd_upload, "upload a configuration (.yaml/.yml/.json, config.rb) or a VM template (.vm)"
-        ).add_argument("file")
+    p = add("upload", cmd_upload, "upload a configuration (.yaml/.yml/.json, config.rb), a VM template (.vm), or "
+            "with --global the scheduler's configuration (global.yaml, global.rb; administrator)")
+    p.add_argument("file")
+    p.add_argument("--global", dest="is_global", action="store_true",
+                   help="the global scheduler's pools and services (administrator token)")
     p = add("create", cmd_create, "create an environment or a group", watchable=True)
     p.add_argument("name")
     p.add_argument("--request-id", help="idempotency key: repeating it does not create a second environment")
@@ -548,8 +605,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     add("vms", lambda a, n: _listing(n, a.get("/api/v1/vms"), vm_rows), "list every VM of the service")
     add("configs", lambda a, n: _listing(n, a.get("/api/v1/configs"), config_rows),
         "list the environments the configuration defines")
-    for what in ("services", "pools", "requests"):
-        add(what, cmd_scheduler(what), f"list the global scheduler's {what}")
+    add("services", cmd_scheduler("services", services_rows), "list the global scheduler's services")
+    add("pools", cmd_scheduler("pools", pools_rows), "list the global scheduler's pools")
+    p = add("requests", cmd_scheduler("requests", requests_rows), "list the global scheduler's capacity requests")
+    p.add_argument("--status", choices=["PEND", "ALLOCATED", "RELEASED", "CANCELLED", "REJECTED"],
+                   help="only requests in this status")
+    p.add_argument("--envid", type=int, help="only this environment's requests")
+    p = add("policy", cmd_policy, "show an environment's policy status, counters and recent decisions")
+    p.add_argument("envid", type=int)
+    p.add_argument("--limit", type=int, default=20, help="decisions to show")
     add("accounts", lambda a, n: _listing(n, a.get("/api/v1/services"), generic_rows),
         "list service accounts (administrator)")
     add("token", cmd_token, "issue or rotate a service account's token (administrator)").add_argument("name")

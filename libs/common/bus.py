@@ -248,7 +248,8 @@ class Bus:
         for attempt in range(1, attempts + 1):
             try:
                 ack = await self.js.publish(subject, data, headers=headers, timeout=3)
-                PUBLISH_TOTAL.labels(subject=_metric_subject(subject), result="duplicate" if ack.duplicate else "ok").inc()
+                outcome = "duplicate" if ack.duplicate else "ok"
+                PUBLISH_TOTAL.labels(subject=_metric_subject(subject), result=outcome).inc()
                 return not ack.duplicate
             except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.errors.ConnectionClosedError,
                     nats.errors.OutboundBufferLimitError, nats.errors.NoRespondersError) as exc:

@@ -261,8 +261,8 @@ def _check_policies(path: str, env: Environment) -> list[tuple[str, str]]:
 def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
     problems = []
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if p not in ("Environment", "Group", "function-after[_one_source(), Template]")]
         # pydantic adds the union member name to the location; drop those tags for a readable path.
+        loc = [str(p) for p in err["loc"] if p not in ("Environment", "Group")]
         loc = [p for p in loc if not p.startswith(("function-", "tagged-union"))]
         msg = err["msg"].removeprefix("Value error, ")
         problems.append((".".join(loc) or "(document)", msg))

@@ -315,7 +315,8 @@ class VmStatus(Message):
     at: datetime = Field(default_factory=utcnow)
 
     def msg_id(self) -> str:
-        return f"vm.status:{self.slot}:{self.incarnation}:{self.one_id}:{self.lifecycle}:{self.ip}:{self.at.timestamp()}"
+        observed = f"{self.one_id}:{self.lifecycle}:{self.ip}:{self.at.timestamp()}"
+        return f"vm.status:{self.slot}:{self.incarnation}:{observed}"
 
 
 class VmGuest(Message):

@@ -8,8 +8,20 @@ from __future__ import annotations
 
 from libs.common import subjects as s
 from libs.common.bus import ConsumerSpec
-from libs.common.messages import (EnvCreate, EnvFailback, EnvFailover, EnvReconcile, EnvRecover, EnvRecreate,
-                                  EnvRemove, EnvScale, PoolGrant, PoolReclaim, VmGuest, VmStatus)
+from libs.common.messages import (
+    EnvCreate,
+    EnvFailback,
+    EnvFailover,
+    EnvReconcile,
+    EnvRecover,
+    EnvRecreate,
+    EnvRemove,
+    EnvScale,
+    PoolGrant,
+    PoolReclaim,
+    VmGuest,
+    VmStatus,
+)
 from libs.common.runner import ServiceContext
 from services.envmgr.handlers.capacity import CapacityHandlers
 from services.envmgr.handlers.commands import CommandHandlers
@@ -24,7 +36,8 @@ async def setup(ctx: ServiceContext) -> None:
     commands = CommandHandlers(reconciler)
     vms = VmEventHandlers(reconciler)
     n = settings.concurrency
-    await ctx.bus.consume(ConsumerSpec("envmgr-env-create", s.ENV_CREATE, EnvCreate, concurrency=n), commands.env_create)
+    await ctx.bus.consume(ConsumerSpec("envmgr-env-create", s.ENV_CREATE, EnvCreate, concurrency=n),
+                          commands.env_create)
     await ctx.bus.consume(ConsumerSpec("envmgr-env-scale", s.ENV_SCALE, EnvScale, concurrency=n), commands.env_scale)
     await ctx.bus.consume(ConsumerSpec("envmgr-env-remove", s.ENV_REMOVE, EnvRemove, concurrency=n),
                           commands.env_remove)

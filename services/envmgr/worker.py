@@ -18,9 +18,9 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from libs.common.db import Doc, Store
 from libs.common.bus import Bus
 from libs.common.crashpoints import crashpoint
+from libs.common.db import Doc, Store
 from libs.common.errors import TransientError
 from libs.common.messages import utcnow
 from services.envmgr import metrics

@@ -26,6 +26,7 @@ vCPUs may be fractional (OpenNebula CPU shares); they are accounted in integer t
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import time
@@ -250,6 +251,14 @@ class ServiceUsage:
 
 
 # --- internal state ----------------------------------------------------------------------------------------------
+
+
+_LOWEST = int(min(ServiceClass))
+
+
+def _priority(entry: _Entry) -> tuple[int, float, int]:
+    """Scheduling order: higher class first, then earlier submission, then lower reqid."""
+    return (-entry.cls, entry.req.submitted_at or 0.0, entry.req.reqid)
 
 
 def _milli(vcpus: float) -> int:
@@ -521,7 +530,8 @@ class Allocator:
         else:
             self._pending[req.reqid] = entry
             self._hold(entry)
-            self._pending_order = None
+            if self._pending_order is not None:
+                bisect.insort(self._pending_order, entry, key=_priority)
         return replace(req)
 
     @staticmethod
@@ -677,10 +687,7 @@ class Allocator:
         self._deferred.clear()
         effects.extend(self.expire(now))
         if self._pending_order is None:
-            self._pending_order = sorted(
-                self._pending.values(),
-                key=lambda e: (-e.cls, e.req.submitted_at or 0.0, e.req.reqid),
-            )
+            self._pending_order = sorted(self._pending.values(), key=_priority)
         order = self._pending_order
         services = self._services
         eligible = self._eligible
@@ -720,7 +727,8 @@ class Allocator:
             if best is None:
                 if usable:
                     preemptees.append((entry, usable))
-                    reserved_now.update(p.name for p in usable)
+                    for pool in usable:
+                        reserved_now.add(pool.name)
                 continue
             effects.append(self._grant(entry, best, service, now))
             order_changed = True
@@ -770,6 +778,8 @@ class Allocator:
         candidates: dict[str, _Victims] = {}
         waiting_in: dict[str, list[_Entry]] = {}  # pool -> preemptees that may use it, highest priority first
         for entry, pools in preemptees:
+            if entry.cls == _LOWEST:
+                break  # sorted by class: the rest can take nobody's capacity, and promises among them are moot
             mv, mem = entry.mv, entry.req.memory
             for pool in pools:
                 waiting_in.setdefault(pool.name, []).append(entry)

@@ -13,8 +13,17 @@ import logging
 
 from libs.common.bus import Delivery
 from libs.common.errors import NotFoundError, OperationRefused, PermanentError
-from libs.common.messages import (EnvCreate, EnvFailback, EnvFailover, EnvReconcile, EnvRecover, EnvRecreate,
-                                  EnvRemove, EnvScale, utcnow)
+from libs.common.messages import (
+    EnvCreate,
+    EnvFailback,
+    EnvFailover,
+    EnvReconcile,
+    EnvRecover,
+    EnvRecreate,
+    EnvRemove,
+    EnvScale,
+    utcnow,
+)
 from libs.common.operations import OpType, create_environment, start_operation
 from services.envmgr.reconcile import env_event
 from services.envmgr.worker import Reconciler

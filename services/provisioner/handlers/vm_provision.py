@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
+
+from pymongo.errors import DuplicateKeyError
 
 from libs.common.auth import guest_token
 from libs.common.bus import Bus, Delivery
 from libs.common.crashpoints import crashpoint
 from libs.common.db import Store
-from datetime import timedelta
-
-from pymongo.errors import DuplicateKeyError
-
 from libs.common.errors import PermanentError, TransientError
 from libs.common.messages import VmProvision, VmStatus, utcnow
 from services.provisioner.one_client import VmView, ZoneClient, ZoneUnavailable

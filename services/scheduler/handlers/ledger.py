@@ -19,8 +19,8 @@ from libs.common.bus import Delivery, Lease
 from libs.common.globalconfig import GlobalConfig
 from libs.common.messages import PoolCancel, PoolGrant, PoolReclaim, PoolRelease, PoolRequest, utcnow
 from libs.common.runner import ServiceContext
-from services.scheduler.allocator import Allocator, Grant, Reclaim, Request, RequestKind, RequestStatus
 from services.scheduler import metrics
+from services.scheduler.allocator import Allocator, Grant, Reclaim, Request, RequestKind, RequestStatus
 from services.scheduler.settings import Settings
 
 log = logging.getLogger("carina.scheduler")
