@@ -225,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the whole Carina stack locally (make run)")
     parser.add_argument("--var", default=str(REPO / "var"), help="state directory (kept across runs)")
     parser.add_argument("--no-examples", action="store_true", help="don't load examples/")
+    parser.add_argument("--test-ports", action="store_true", help="free ports instead of the defaults (tests)")
     args = parser.parse_args(argv)
     config = StackConfig(var=Path(args.var), mongodb_url=os.environ.get("MONGODB_URL") or None)
+    if args.test_ports:
+        config = StackConfig.for_tests(Path(args.var), echo=True, load_examples=True, write_cli_config=True)
     stack = DevStack(config)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
