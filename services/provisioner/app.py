@@ -21,14 +21,14 @@ async def setup(ctx: ServiceContext) -> None:
     settings: Settings = ctx.settings
     zones = ZoneRegistry(ctx.store, settings.zone_concurrency, settings.call_timeout)
     ack_wait = settings.call_timeout * 3 + 10  # a handler makes up to three zone calls
+    monitor = ZoneMonitor(ctx, zones, settings)
     provision = ProvisionHandler(ctx.store, ctx.bus, zones, settings, ctx.common.token_secret, owner=ctx.instance,
-                                 claim_ttl=ack_wait)
-    terminate = TerminateHandler(ctx.store, ctx.bus, zones, settings)
+                                 claim_ttl=ack_wait, on_change=monitor.kick)
+    terminate = TerminateHandler(ctx.store, ctx.bus, zones, settings, on_change=monitor.kick)
     await ctx.bus.consume(ConsumerSpec("provisioner-vm-provision", s.VM_PROVISION, VmProvision, ack_wait=ack_wait,
                                        concurrency=settings.concurrency, double_ack=True), provision)
     await ctx.bus.consume(ConsumerSpec("provisioner-vm-terminate", s.VM_TERMINATE, VmTerminate, ack_wait=ack_wait,
                                        concurrency=settings.concurrency, double_ack=True), terminate)
-    monitor = ZoneMonitor(ctx, zones, settings)
     ctx.spawn(monitor.supervise, "zone-monitor")
 
     async def close() -> None:

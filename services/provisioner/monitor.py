@@ -11,6 +11,7 @@ behind Carina's back. VMs tagged as Carina's whose slot is unknown are counted a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -37,6 +38,11 @@ class ZoneMonitor:
         self.zones = zones
         self.settings = settings
         self._watchers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._kicks: dict[tuple[str, str], asyncio.Event] = {}
+
+    def kick(self, service: str, endpoint: str) -> None:
+        """A VM was just created or terminated in this zone: watch it at the fast pace now, not at the next poll."""
+        self._kicks.setdefault((service, endpoint), asyncio.Event()).set()
 
     async def supervise(self) -> None:
         """Start a watcher for every zone with Carina VMs; stop watchers of zones with none left."""
@@ -65,6 +71,7 @@ class ZoneMonitor:
         tick = 0
         next_full = 0.0
         busy = False
+        kicked = self._kicks.setdefault((service, endpoint), asyncio.Event())
         try:
             while not self.ctx.stopping.is_set():
                 if not await lease.try_acquire_or_renew():
@@ -76,11 +83,13 @@ class ZoneMonitor:
                     busy = await self._poll(service, endpoint, reported, cpu_reported, with_cpu=(tick % 3 == 0))
                     next_full = time.monotonic() + self.settings.monitor_interval
                     tick += 1
-                elif busy:
+                elif busy or kicked.is_set():
                     # Only the VMs on their way up or down, one `vm.info` each, at the fast pace.
+                    kicked.clear()
                     busy = await self._poll_transient(service, endpoint, reported)
                 wait = self.settings.monitor_fast_interval if busy else next_full - time.monotonic()
-                await self.ctx.sleep(max(0.01, wait))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(kicked.wait(), timeout=max(0.01, wait))
         except asyncio.CancelledError:
             await lease.release()
             raise

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -47,7 +48,9 @@ def status_of(envid: int, slot: dict[str, Any], zone: str, vm: VmView) -> VmStat
 
 class ProvisionHandler:
     def __init__(self, store: Store, bus: Bus, zones: ZoneRegistry, settings: Settings, token_secret: str,
-                 owner: str = "provisioner", claim_ttl: float = 120.0) -> None:
+                 owner: str = "provisioner", claim_ttl: float = 120.0,
+                 on_change: Callable[[str, str], None] | None = None) -> None:
+        self.on_change = on_change  # tells the zone monitor to watch the new VM at once
         self.owner = owner
         self.claim_ttl = claim_ttl
         self.store = store
@@ -78,6 +81,8 @@ class ProvisionHandler:
             return
         finally:
             await self.store["provision_claims"].delete_one({"_id": msg.slot, "owner": holder})
+        if self.on_change is not None:
+            self.on_change(env["service"], slot["endpoint"])
         await self.bus.publish(status_of(msg.envid, slot, slot["zone"], vm))
 
     async def _claim(self, slot_id: str) -> str | None:

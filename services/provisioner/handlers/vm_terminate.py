@@ -6,6 +6,7 @@ A retired slot that never got its VM id may still have a VM (a crash after alloc
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from libs.common.bus import Bus, Delivery
 from libs.common.db import Store
@@ -20,7 +21,9 @@ log = logging.getLogger("carina.provisioner")
 
 
 class TerminateHandler:
-    def __init__(self, store: Store, bus: Bus, zones: ZoneRegistry, settings: Settings) -> None:
+    def __init__(self, store: Store, bus: Bus, zones: ZoneRegistry, settings: Settings,
+                 on_change: Callable[[str, str], None] | None = None) -> None:
+        self.on_change = on_change
         self.store = store
         self.bus = bus
         self.zones = zones
@@ -56,6 +59,8 @@ class TerminateHandler:
             except ZoneNotFound:
                 await self._report_missing(msg, slot, None)
                 return
+        if self.on_change is not None:
+            self.on_change(service, slot["endpoint"])
         try:
             vm = await zone.info(int(vmid))
         except ZoneNotFound:
