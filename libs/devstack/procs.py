@@ -152,9 +152,9 @@ class Proc:
 def nats_proc(port: int, store_dir: str, config: str | None = None, monitor_port: int | None = None,
               echo: bool = False) -> Proc:
     """nats-server with JetStream storing under `store_dir`."""
-    argv = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store_dir]
-    if config:
-        argv += ["-c", config]
+    argv = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port)]
+    # A config file carries its own store_dir (nats-server refuses it twice).
+    argv += ["-c", config] if config else ["-sd", store_dir]
     if monitor_port:
         argv += ["-m", str(monitor_port)]
     return Proc("nats", argv, ready_pattern=r"Server is ready", echo=echo)

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from libs.common.natsauth import OPERATOR, generate_passwords, render_server_config, service_credentials
 from libs.devstack.procs import Proc, free_port, mongo_proc, nats_proc
 
 SERVICES = ("envmgr", "scheduler", "provisioner", "policy", "callback", "gateway")
@@ -73,7 +74,7 @@ class DevStack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.procs: dict[str, Proc] = {}
-        self.secrets = self._secrets()
+        self.secrets: dict[str, Any] = self._secrets()
         self.mongodb_url = config.mongodb_url or f"mongodb://127.0.0.1:{config.mongo_port}/"
 
     @property
@@ -82,7 +83,13 @@ class DevStack:
 
     @property
     def nats_url(self) -> str:
+        """The broker's URL (each service adds its own NATS user and password)."""
         return f"nats://127.0.0.1:{self.config.nats_port}"
+
+    @property
+    def operator_nats_url(self) -> str:
+        """The broker as the `operator` user, who may publish and subscribe anything (debugging, tests)."""
+        return f"nats://{OPERATOR}:{self.secrets['nats_passwords'][OPERATOR]}@127.0.0.1:{self.config.nats_port}"
 
     def zone_url(self, index: int) -> str:
         return f"http://127.0.0.1:{self.config.zone_ports[index]}/RPC2"
@@ -90,12 +97,13 @@ class DevStack:
     def _secrets(self) -> dict[str, str]:
         path = self.config.var / "dev-secrets.json"
         self.config.var.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            return dict(json.loads(path.read_text()))
-        values = {"token_secret": secrets.token_urlsafe(32), "admin_token": "crn_admin_" + secrets.token_urlsafe(24),
-                  "dev_token": "crn_dev_" + secrets.token_urlsafe(24)}
-        path.write_text(json.dumps(values, indent=2))
-        path.chmod(0o600)
+        values: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        fresh = {"token_secret": secrets.token_urlsafe(32), "admin_token": "crn_admin_" + secrets.token_urlsafe(24),
+                 "dev_token": "crn_dev_" + secrets.token_urlsafe(24), "nats_passwords": generate_passwords()}
+        if set(fresh) - set(values):
+            values = {**fresh, **values}
+            path.write_text(json.dumps(values, indent=2))
+            path.chmod(0o600)
         return values
 
     def service_env(self, name: str, index: int) -> dict[str, str]:
@@ -115,6 +123,8 @@ class DevStack:
             "CARINA_GATEWAY_DEV_TOKEN": self.secrets["dev_token"],
             "CARINA_PROVISIONER_PUBLIC_URL": self.gateway_url,
             "PYTHONUNBUFFERED": "1",
+            # Each service is its own NATS user, allowed only its own subjects (libs/common/natsauth.py).
+            **service_credentials(name, self.secrets["nats_passwords"][name]),
         }
         env.update(cfg.service_env)
         return env
@@ -124,7 +134,11 @@ class DevStack:
     def start(self) -> None:
         cfg = self.config
         try:
-            nats = nats_proc(cfg.nats_port, str(cfg.var / "nats"), monitor_port=cfg.nats_monitor_port, echo=cfg.echo)
+            conf = cfg.var / "nats.conf"
+            conf.write_text(render_server_config(self.secrets["nats_passwords"], cfg.nats_port, str(cfg.var / "nats")))
+            conf.chmod(0o600)
+            nats = nats_proc(cfg.nats_port, str(cfg.var / "nats"), config=str(conf), monitor_port=cfg.nats_monitor_port,
+                             echo=cfg.echo)
             self.procs["nats"] = nats.start()
             if cfg.mongodb_url is None:
                 self.procs["mongo"] = mongo_proc(cfg.mongo_port, str(cfg.var / "mongo"), echo=cfg.echo).start()
@@ -247,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  service:        {config.service_name}   token: {stack.secrets['dev_token']}",
             f"  admin token:    {stack.secrets['admin_token']}",
             f"  zones:          zone1 {stack.zone_url(0)}, zone2 {stack.zone_url(1)}",
-            f"  NATS:           {stack.nats_url} (monitoring http://127.0.0.1:{config.nats_monitor_port}/jsz)",
+            f"  NATS:           {stack.nats_url} as user operator (password in {config.var}/dev-secrets.json; "
+            f"monitoring http://127.0.0.1:{config.nats_monitor_port}/jsz)",
             f"  MongoDB:        {stack.mongodb_url.split('@')[-1]}",
             f"  examples:       {', '.join(loaded) or 'not loaded'}",
             f"  CLI settings:   {cli}",

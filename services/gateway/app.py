@@ -61,6 +61,10 @@ Authenticate with `Authorization: Bearer <token>`: a service account's token act
 administrator's token acts for any service named with `service=`. Errors are `{"detail": ..., "problems": [...]}`.
 Operations answer `202 Accepted` with a job id at once; follow it with `GET /api/v1/jobs/{jobid}` or the
 server-sent events of `GET /api/v1/environments/{envid}/events?until=done`.
+
+Carina's original routes (`/configs`, `/envs`, `/jobs`, `/vms`, `/logs/...`, and the global scheduler's `/pools`,
+`/services`, `/requests`) are served too, with Carina's JSON shapes and its `endpoint`/`authinfo` parameters; they
+are not part of this document.
 """
 
 

@@ -25,17 +25,28 @@ async def setup(ctx: ServiceContext) -> None:
                           evaluator.on_metrics)
 
     async def ticker() -> None:
-        # The tick number is the wall-clock period, so a standby that takes over mid-period re-publishes the
-        # same number and JetStream stores it once.
+        # Ticks fall on wall-clock multiples of the interval and carry that period's number, which is also the
+        # evaluation period the evaluator counts in: a metric push in period k counts for k, and the tick that
+        # opens k+1 is the next evaluation. A standby that takes over mid-period re-publishes the same number,
+        # which JetStream stores once.
         lease = Lease(ctx.bus, "policy.ticker", ctx.instance, ttl=settings.lease_ttl)
-        next_tick = time.monotonic()
+        interval, renew_every = settings.tick_interval, settings.lease_ttl / 3
+        last_published, renewed_at = -1, 0.0
         try:
             while not ctx.stopping.is_set():
-                if await lease.try_acquire_or_renew() and time.monotonic() >= next_tick:
-                    await ctx.bus.publish(PolicyTick(seq=int(time.time() // settings.tick_interval)))
-                    next_tick = time.monotonic() + settings.tick_interval
-                wait = max(0.05, min(next_tick - time.monotonic(), settings.lease_ttl / 3))
-                if not await ctx.sleep(wait):
+                period = int(time.time() // interval)
+                due = period != last_published
+                if due or time.monotonic() - renewed_at >= renew_every:
+                    if await lease.try_acquire_or_renew():
+                        renewed_at = time.monotonic()
+                        if due:
+                            await ctx.bus.publish(PolicyTick(seq=period))
+                            last_published = period
+                    else:
+                        renewed_at = 0.0  # a standby: try again at the next period or renewal time
+                until_tick = (int(time.time() // interval) + 1) * interval - time.time()
+                until_renew = renewed_at + renew_every - time.monotonic()
+                if not await ctx.sleep(max(0.005, min(until_tick, until_renew if renewed_at else renew_every))):
                     return
         finally:
             await lease.release()

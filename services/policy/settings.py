@@ -16,4 +16,6 @@ class Settings(ServiceSettings):
     metric_max_age: float = Field(120.0, gt=0, description="guest metrics older than this are ignored")
     command_timeout: float = Field(15.0, gt=0, description="seconds a command sent to envmgr holds further actions "
                                    "on its environment until envmgr shows the operation")
+    refresh_interval: float = Field(60.0, gt=0, description="an environment whose policy state did not change is "
+                                    "written back (its latest decision refreshed) at most this often")
     concurrency: int = Field(8, ge=1, le=256, description="environments evaluated at once")

@@ -180,7 +180,9 @@ class ZoneClient:
         except (requests.RequestException, xmlrpc.client.ProtocolError, ConnectionError, OSError) as exc:
             raise ZoneUnavailable(f"zone {self.url} unreachable: {type(exc).__name__}") from None
         except pyone.OneException as exc:
-            raise ZoneUnavailable(f"zone error: {exc}") from None
+            # Codes pyone has no class for (e.g. oned's ALLOCATE 0x4000: "Error allocating a new virtual machine")
+            # and XML-RPC faults are answers about the request itself: retrying the same call cannot succeed.
+            raise ZoneActionRefused(f"zone refused the request: {exc}") from None
 
     async def version(self) -> str:
         return str(await self._call(lambda one: one.system.version()))

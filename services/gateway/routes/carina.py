@@ -17,6 +17,7 @@ import hmac
 import logging
 import re
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from fastapi.responses import PlainTextResponse
@@ -329,11 +330,10 @@ async def pools(gw: GatewayDep, _caller: CarinaCaller) -> list[dict[str, Any]]:
 @router.get("/services")
 async def services(request: Request, gw: GatewayDep, caller: CarinaCaller) -> list[dict[str, Any]]:
     """`[{@name, @zone, @maxcpus, @maxmemory, @priclass, @clientList, @vcpusallocated, @memallocated}]`."""
-    host, _, port = gw.settings.public_url.split("://", 1)[-1].partition(":")
-    default_port = 443 if gw.settings.public_url.startswith("https") else 80
-    port_number = int(port.split("/", 1)[0]) if port.split("/", 1)[0].isdigit() else default_port
+    public = urlsplit(gw.settings.public_url)
+    port = public.port or (443 if public.scheme == "https" else 80)
     views = await list_services(gw.store, caller, await requested_service(request, gw))
-    return [cv.service(v, host.split("/", 1)[0], port_number) for v in views]
+    return [cv.service(v, public.hostname or "", port) for v in views]
 
 
 @router.get("/requests")

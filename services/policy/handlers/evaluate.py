@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -62,9 +63,29 @@ SKIPPED_TICKS = Counter("carina_policy_ticks_skipped_total", "Ticks not evaluate
 UNHEALTHY = {"MISSING": "MISSING", "DONE": "MISSING", "UNKNOWN": "UNKNOWN", "FAILED": "FAILED"}
 EVALUATED = ("READY", "ACTIVE", "PASSIVE", "FAILED")
 KEEP_RECENT = 20
+BATCH = 500
+SLOT_FIELDS = {"envid": 1, "role": 1, "index": 1, "lifecycle": 1, "one_id": 1, "cpu": 1, "memory": 1}
 Trigger = Literal["tick", "metrics", "manual"]
 
 _NUMBERS = re.compile(r"\d+(\.\d+)?")
+
+
+@dataclass
+class Prefetched:
+    """Documents of one environment read in a batch by `evaluate_all`."""
+
+    env: dict[str, Any]
+    slots: list[dict[str, Any]]
+    metrics: list[dict[str, Any]]
+    state: dict[str, Any] | None
+    partners: list[dict[str, Any]]
+
+
+@dataclass
+class _Batch:
+    slots: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    metrics: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    states: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class Evaluator:
@@ -102,44 +123,79 @@ class Evaluator:
         """`vm.metrics`: a guest pushed metrics; evaluate its environment now."""
         await self.evaluate(msg.envid, trigger="metrics")
 
-    async def evaluate_all(self) -> int:
-        """Evaluate every environment that has a policy. Returns how many were evaluated."""
+    async def evaluate_all(self, now: datetime | None = None) -> int:
+        """Evaluate every environment that has a policy. Returns how many were evaluated.
+
+        Reads in batches (environments, their slots, metrics and policy states, `batch` environments per query)
+        so that a tick costs a few queries per batch plus one compare-and-set per environment whose state changed.
+        """
         query = {"active": True, "policy_status": {"$in": list(EVALUATED)},
                  "$or": [{"spec.config.elasticity_policy": {"$ne": None}},
                          {"spec.config.availability_policy": {"$ne": None}}]}
-        envids = [int(e["_id"]) async for e in self.store.envs.find(query, {"_id": 1})]
+        envs = [e async for e in self.store.envs.find(query)]
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for env in envs:
+            group = (env["spec"]["config"].get("availability_policy") or {}).get("failover_group")
+            if group:
+                groups.setdefault((env["service"], group), []).append(env)
         semaphore = asyncio.Semaphore(self.settings.concurrency)
+        evaluated = 0
+        for first in range(0, len(envs), BATCH):
+            batch = envs[first:first + BATCH]
+            prefetched = await self._prefetch([int(e["_id"]) for e in batch])
+            await asyncio.gather(*(self._evaluate_known(env, prefetched, groups, semaphore, now) for env in batch))
+            evaluated += len(batch)
+        return evaluated
 
-        async def one(envid: int) -> None:
-            async with semaphore:
-                try:
-                    await self.evaluate(envid, trigger="tick")
-                except Exception:  # noqa: BLE001 - one broken environment must not stop the others
-                    log.exception("policy evaluation failed", extra={"envid": envid})
+    async def _evaluate_known(self, env: dict[str, Any], prefetched: _Batch,
+                              groups: dict[tuple[str, str], list[dict[str, Any]]], semaphore: asyncio.Semaphore,
+                              now: datetime | None) -> None:
+        envid = int(env["_id"])
+        group = (env["spec"]["config"].get("availability_policy") or {}).get("failover_group")
+        partners = [p for p in groups.get((env["service"], group), []) if p["_id"] != envid] if group else []
+        known = Prefetched(env=env, slots=prefetched.slots.get(envid, []), metrics=prefetched.metrics.get(envid, []),
+                           state=prefetched.states.get(envid), partners=partners)
+        async with semaphore:
+            try:
+                await self.evaluate(envid, trigger="tick", now=now, known=known)
+            except Exception:  # noqa: BLE001 - one broken environment must not stop the others
+                log.exception("policy evaluation failed", extra={"envid": envid})
 
-        await asyncio.gather(*(one(e) for e in envids))
-        return len(envids)
+    async def _prefetch(self, envids: list[int]) -> _Batch:
+        batch = _Batch()
+        async for slot in self.store.slots.find({"envid": {"$in": envids}, "live": True}, SLOT_FIELDS):
+            batch.slots.setdefault(int(slot["envid"]), []).append(slot)
+        cutoff = utcnow() - timedelta(seconds=self.settings.metric_max_age)
+        async for doc in self.store["metrics"].find({"envid": {"$in": envids}, "at": {"$gte": cutoff}}):
+            batch.metrics.setdefault(int(doc["envid"]), []).append(doc)
+        async for doc in self.store["policy_state"].find({"_id": {"$in": envids}}):
+            batch.states[int(doc["_id"])] = doc
+        return batch
 
     # --- one environment --------------------------------------------------------------------------------------------
 
-    async def evaluate(self, envid: int, trigger: Trigger = "manual", now: datetime | None = None) -> list[Decision]:
+    async def evaluate(self, envid: int, trigger: Trigger = "manual", now: datetime | None = None,
+                       known: Prefetched | None = None) -> list[Decision]:
         """Evaluate one environment's policies now; record the decisions and send the resulting command.
 
         Args:
             envid: the environment.
             trigger: what asked (recorded with the decisions).
             now: the evaluation time (tests); defaults to the current time.
+            known: documents already read for it (a tick reads them in batches); None reads them now.
 
         Returns:
             The decisions taken (empty when the environment has no policy, is not evaluated in its status, was
             already acted on in this tick period, or another replica evaluated it at the same moment).
         """
         # Evaluations of one environment in this process run one after the other (a tick and a metric push).
+        # Documents read in a batch may be a moment old: if a metric push evaluated the environment meanwhile, the
+        # compare-and-set on its policy state fails and this evaluation is dropped (that one counted).
         async with self._locks.setdefault(envid, asyncio.Lock()):
-            return await self._evaluate(envid, trigger, now or utcnow())
+            return await self._evaluate(envid, trigger, now or utcnow(), known)
 
-    async def _evaluate(self, envid: int, trigger: Trigger, now: datetime) -> list[Decision]:
-        env = await self.store.envs.find_one({"_id": envid})
+    async def _evaluate(self, envid: int, trigger: Trigger, now: datetime, known: Prefetched | None) -> list[Decision]:
+        env = known.env if known is not None else await self.store.envs.find_one({"_id": envid})
         if env is None or not env.get("active") or env.get("policy_status") not in EVALUATED:
             return []
         config = env["spec"]["config"]
@@ -150,7 +206,10 @@ class Evaluator:
             return []
         if policy.elasticity is None and policy.availability is None:
             return []
-        state_doc = await self.store["policy_state"].find_one({"_id": envid}) or {}
+        if known is not None:
+            state_doc = known.state or {}
+        else:
+            state_doc = await self.store["policy_state"].find_one({"_id": envid}) or {}
         slot = int(now.timestamp() // self.settings.tick_interval)
         same_period = state_doc.get("slot") == slot
         if same_period and state_doc.get("acted"):
@@ -159,7 +218,7 @@ class Evaluator:
         base = state_doc.get("base") if same_period else state_doc.get("state")
         awaiting = _still_awaiting(state_doc.get("awaiting"), env, now, self.settings.command_timeout)
         plan = _live_plan(state_doc.get("plan"), env, now, self.settings.command_timeout)
-        view = await self._view(env, busy_extra=awaiting is not None, plan=plan)
+        view = await self._view(env, busy_extra=awaiting is not None, plan=plan, known=known)
         decisions, state = decide(view, policy, PolicyState.from_dict(base), now)
 
         commands, plan = self._commands(env, view, decisions, plan, now)
@@ -167,11 +226,20 @@ class Evaluator:
             awaiting = {"env_version": int(env.get("version", 0)), "at": now,
                         "command": type(commands[0]).__name__}
         noteworthy = _noteworthy(state_doc, decisions)
+        new_state = state.to_dict()
+        updated_at = state_doc.get("updated_at")
+        if (state_doc and not commands and not noteworthy and _steady(state_doc.get("state"), new_state)
+                and plan == state_doc.get("plan") and awaiting == state_doc.get("awaiting")
+                and isinstance(updated_at, datetime)
+                and now - updated_at < timedelta(seconds=self.settings.refresh_interval)):
+            # Nothing moved (no counter, no decision worth recording): skip the write; the stored state is as good
+            # as a new one for the next evaluation, and `latest` is refreshed every `refresh_interval`.
+            return decisions
         latest = dict(state_doc.get("latest") or {})
         for decision in decisions:
             latest[decision.policy] = {**decision.to_dict(), "trigger": trigger}
         fields = {
-            "state": state.to_dict(),
+            "state": new_state,
             "base": base,
             "slot": slot,
             "acted": bool(commands),
@@ -196,12 +264,13 @@ class Evaluator:
             await self.ctx.bus.publish(command)
         return decisions
 
-    async def _view(self, env: dict[str, Any], busy_extra: bool = False,
-                    plan: dict[str, Any] | None = None) -> EnvironmentView:
+    async def _view(self, env: dict[str, Any], busy_extra: bool = False, plan: dict[str, Any] | None = None,
+                    known: Prefetched | None = None) -> EnvironmentView:
         envid = int(env["_id"])
-        slots = [s async for s in self.store.slots.find({"envid": envid, "live": True},
-                                                        {"role": 1, "index": 1, "lifecycle": 1, "one_id": 1,
-                                                         "cpu": 1, "memory": 1})]
+        if known is not None:
+            slots = known.slots
+        else:
+            slots = [s async for s in self.store.slots.find({"envid": envid, "live": True}, SLOT_FIELDS)]
         counts = {"MISSING": 0, "UNKNOWN": 0, "FAILED": 0}
         unhealthy: list[VmRef] = []
         cpus: list[float] = []
@@ -223,15 +292,22 @@ class Evaluator:
             metrics["avgcpu"] = round(sum(cpus) / len(cpus), 2)
         if mems:
             metrics["avgmem"] = round(sum(mems) / len(mems), 2)
-        metrics.update(await self._guest_metrics(envid, {s["_id"] for s in slots}))
+        live = {s["_id"] for s in slots}
+        if known is not None:
+            metrics.update(_average_metrics(known.metrics, live))
+        else:
+            metrics.update(await self._guest_metrics(envid, live))
         group = ((env["spec"]["config"].get("availability_policy") or {}).get("failover_group"))
         partners: list[Partner] = []
         if group:
-            async for other in self.store.envs.find(
-                {"service": env["service"], "active": True, "_id": {"$ne": envid},
-                 "spec.config.availability_policy.failover_group": group},
-                {"policy_status": 1, "spec": 1},
-            ):
+            if known is not None:
+                others = known.partners
+            else:
+                others = [o async for o in self.store.envs.find(
+                    {"service": env["service"], "active": True, "_id": {"$ne": envid},
+                     "spec.config.availability_policy.failover_group": group},
+                    {"policy_status": 1, "spec": 1})]
+            for other in others:
                 role = ((other.get("spec") or {}).get("config", {}).get("availability_policy") or {}).get(
                     "failover_role")
                 partners.append(Partner(envid=int(other["_id"]), role=role, policy_status=other["policy_status"]))
@@ -247,18 +323,8 @@ class Evaluator:
 
     async def _guest_metrics(self, envid: int, live_slots: set[str]) -> dict[str, float]:
         cutoff = utcnow() - timedelta(seconds=self.settings.metric_max_age)
-        sums: dict[str, list[float]] = {}
-        async for doc in self.store["metrics"].find({"envid": envid, "at": {"$gte": cutoff}}):
-            if doc["_id"] not in live_slots:
-                continue
-            for key, value in (doc.get("values") or {}).items():
-                sums.setdefault(key, []).append(float(value))
-        out: dict[str, float] = {}
-        for key, values in sums.items():
-            mean = round(sum(values) / len(values), 2)
-            out[key] = mean
-            out[f"m.{key}"] = mean
-        return out
+        docs = [d async for d in self.store["metrics"].find({"envid": envid, "at": {"$gte": cutoff}})]
+        return _average_metrics(docs, live_slots)
 
     # --- output -----------------------------------------------------------------------------------------------------
 
@@ -341,6 +407,30 @@ def _live_plan(plan: dict[str, Any] | None, env: dict[str, Any], now: datetime,
     if not isinstance(at, datetime) or now - at > timedelta(seconds=max(600.0, 20 * timeout)):
         return None
     return plan
+
+
+def _average_metrics(docs: list[dict[str, Any]], live_slots: set[str]) -> dict[str, float]:
+    """Guest metrics averaged over the live VMs that reported (fresh samples only: the caller filters by age)."""
+    sums: dict[str, list[float]] = {}
+    for doc in docs:
+        if doc["_id"] not in live_slots:
+            continue
+        for key, value in (doc.get("values") or {}).items():
+            sums.setdefault(key, []).append(float(value))
+    out: dict[str, float] = {}
+    for key, values in sums.items():
+        mean = round(sum(values) / len(values), 2)
+        out[key] = mean
+        out[f"m.{key}"] = mean
+    return out
+
+
+def _steady(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
+    """The state did not change except for the time of its last evaluation."""
+    if before is None:
+        return False
+    return {k: v for k, v in before.items() if k != "last_eval"} == {k: v for k, v in after.items()
+                                                                       if k != "last_eval"}
 
 
 def _reason_kind(reason: str) -> str:

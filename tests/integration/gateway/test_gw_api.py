@@ -90,7 +90,7 @@ async def test_config_upload_is_versioned_and_never_returns_credentials(client: 
     resp = await client.put("/api/v1/config", content=CONFIG_YAML, headers={**headers, **YAML})
     bodies.append(resp.text)
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"service": "alpha", "revision": 1, "environments": ["db", "stack", "tomcat"]}
+    assert resp.json() == {"service": "alpha", "revision": 1, "environments": ["db", "stack", "tomcat"], "warnings": []}
 
     # Carina-style multipart upload and JSON are accepted too; each upload is a new revision.
     resp = await client.put("/api/v1/config", files={"upload": ("config.yaml", CONFIG_YAML, "application/yaml")},

@@ -7,10 +7,11 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
-from gateway_helpers import CONFIG_YAML, TEMPLATE_VM, Accounts, ServerThread, plant_running_env
+from gateway_helpers import ADMIN_TOKEN, CONFIG_YAML, TEMPLATE_VM, Accounts, Collector, ServerThread, plant_running_env
 
 from libs.common.db import Store
 from libs.common.messages import utcnow
@@ -116,7 +117,7 @@ async def test_exit_codes(cli: Cli, store: Store, tmp_path: Path) -> None:
     assert (await cli("upload", str(tmp_path / "missing.yaml"))).code == 2
     assert (await cli("frobnicate")).code == 2
     result = await cli("--pools")
-    assert result.code == 3 and "scheduler" in result.stderr
+    assert result.code == 3 and "scheduler is not configured" in result.stderr
     result = await cli("envs", env={"CARINA_TOKEN": "wrong-token"})
     assert result.code == 2 and "not authenticated" in result.stderr
     result = await cli("envs", env={"CARINA_URL": f"http://127.0.0.1:{free_port()}"})
@@ -203,3 +204,122 @@ async def _finish_after_create(store: Store, app_url: str) -> None:
             await _finish_job(store, env["_id"], "DONE", None, app_url)
             return
         await asyncio.sleep(0.05)
+
+
+async def test_carina_long_flag_forms(cli: Cli, tmp_path: Path, store: Store) -> None:
+    (tmp_path / "small.vm").write_text(TEMPLATE_VM)
+    (tmp_path / "carina.yaml").write_text(CONFIG_YAML)
+    assert (await cli("--upload", str(tmp_path / "small.vm"))).code == 0
+    assert (await cli("--upload", str(tmp_path / "carina.yaml"))).code == 0
+    assert _rows((await cli("--configs")).stdout)[0] == ["NAME", "TYPE", "ENDPOINT", "DESCRIPTION"]
+    created = await cli("--create", "db")
+    assert created.code == 0 and created.stdout.split()[0] == "envid"
+    await plant_running_env(store, 9501, "alpha", slaves=1)
+    envs = _rows((await cli("--envs")).stdout)
+    assert envs[0][:2] == ["ID", "NAME"] and {r[0] for r in envs[1:]} == {created.stdout.split()[1], "9501"}
+    vms = _rows((await cli("--envvms", "9501")).stdout)
+    assert [r[1] for r in vms[1:]] == ["9501", "9501"]
+    up = await cli("--scaleup", "9501")
+    assert up.code == 0 and up.stdout.startswith("jobid ")
+    await store.envs.update_one({"_id": 9501}, {"$set": {"op": None}})
+    down = await cli("--scaledown", "9501", "--json")
+    job = await store.jobs.find_one({"_id": json.loads(down.stdout)["jobid"]})
+    assert job is not None and job["type"] == "SCALEDOWN"
+    assert {r[0] for r in _rows((await cli("--jobs")).stdout)[1:]} >= {up.stdout.split()[1]}
+    assert len(_rows((await cli("--vms")).stdout)) == 3
+    await store.envs.update_one({"_id": 9501}, {"$set": {"op": None}})
+    assert (await cli("--remove", "9501")).code == 0
+    group = json.loads((await cli("--create", "stack", "--json")).stdout)
+    removed = await cli("--remove", f"-{group['envid']}")
+    assert removed.code == 0 and len(removed.stdout.split()[1].split(",")) == 2
+    for flag in ("--services", "--pools"):
+        result = await cli(flag)
+        assert result.code == 3 and "not configured" in result.stderr  # no scheduler configuration yet
+    assert _rows((await cli("--requests")).stdout) == [["ID", "ENVID", "SERVICE", "MEM", "VCPUS", "STATUS", "POOL"]]
+
+
+async def test_scheduler_listings_and_global_upload(gateway: ServerThread, tmp_path: Path, store: Store,
+                                                    accounts: Accounts) -> None:
+    admin = Cli(gateway.url, ADMIN_TOKEN, tmp_path)
+    service = Cli(gateway.url, accounts.a, tmp_path)
+    (tmp_path / "global.yaml").write_text(
+        "pools:\n  zone1: {zone: zone1, vcpus: 16, memory: 32768, class: gold}\n"
+        "services:\n  alpha: {class: gold, max_vcpus: 12, max_memory: 24576}\n")
+    assert (await service("upload", str(tmp_path / "global.yaml"), "--global")).code == 2  # administrator only
+    result = await admin("upload", str(tmp_path / "global.yaml"))
+    assert result.code == 2 and "--global" in result.stderr
+    result = await admin("--upload", str(tmp_path / "global.yaml"), "--global")
+    assert result.code == 0 and "revision 1" in result.stdout and "pools: zone1" in result.stdout
+    (tmp_path / "global.rb").write_text("SHAREDPOOLS = {\n  'zone1' => { :zone => 'zone1', ")
+    result = await admin("upload", str(tmp_path / "global.rb"), "--global")
+    assert result.code == 2 and "line 2" in result.stderr
+    (tmp_path / "carina").mkdir()
+    result = await admin("upload", str(REPO / "examples" / "global.rb"), "--global")
+    assert result.code == 0 and "services: batch, demo" in result.stdout
+    assert (await admin("upload", str(tmp_path / "global.yaml"), "--global", "--json")).code == 0
+
+    await plant_running_env(store, 9601, "alpha", slaves=0)
+    await store["requests"].insert_many([
+        {"_id": 801, "reqid": 801, "service": "alpha", "envid": 9601, "vcpus": 1.5, "memory": 1024, "zone": "zone1",
+         "status": "ALLOCATED", "pool": "zone1", "submitted_at": 1714555800.0},
+        {"_id": 802, "reqid": 802, "service": "alpha", "envid": 9601, "vcpus": 1, "memory": 512, "zone": "zone1",
+         "status": "PEND", "submitted_at": 1714555900.0},
+    ])
+    assert _rows((await service("--pools")).stdout) == [
+        ["NAME", "ZONE", "PRIORITY_CLASS", "MEM_TOT", "MEM_AVAIL", "VCPUS_TOT", "VCPUS_AVAIL"],
+        ["zone1", "zone1", "gold", "32768", "31744", "16", "14.5"]]
+    assert _rows((await service("-S")).stdout) == [
+        ["NAME", "PRIORITY_CLASS", "MEM(ALLOC/MAX)", "VCPUS(ALLOC/MAX)", "CLIENT"],
+        ["alpha", "gold", "1024/24576", "1.5/12", "NONE"]]
+    assert _rows((await service("--requests")).stdout) == [
+        ["ID", "ENVID", "SERVICE", "MEM", "VCPUS", "STATUS", "POOL"],
+        ["802", "9601", "alpha", "512", "1", "PEND", "-"],
+        ["801", "9601", "alpha", "1024", "1.5", "ALLOCATED", "zone1"]]
+    pending = json.loads((await service("requests", "--status", "PEND", "--json")).stdout)
+    assert [r["reqid"] for r in pending] == [802]
+
+
+async def test_policy_command(cli: Cli, store: Store) -> None:
+    await plant_running_env(store, 9701, "alpha", slaves=1)
+    await store.envs.update_one({"_id": 9701}, {"$set": {"spec.config.elasticity_policy": {"mode": "auto"}}})
+    await store["policy_state"].insert_one({
+        "_id": 9701, "version": 1, "updated_at": datetime(2024, 5, 1, 9, 2),
+        "state": {"scale_counter": 2, "scale_direction": "up", "recreate_counter": 1, "failover_counter": 0,
+                  "failback_counter": 0, "cooldown_until": None, "last_action": None}, "recent": []})
+    await store["decisions"].insert_many([
+        {"envid": 9701, "service": "alpha", "policy": "availability", "action": "recreate", "source": "recreate_expr",
+         "reason": "nummissing > 0", "at": datetime(2024, 5, 1, 9, 1)},
+        {"envid": 9701, "service": "alpha", "policy": "elasticity", "action": "scaleup", "source": "auto",
+         "reason": "avgcpu > 50 held for 2 periods", "recommend_only": True, "at": datetime(2024, 5, 1, 9, 2)}])
+    result = await cli("policy", "9701")
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "P_STATUS:    active" in lines and "POLICIES:    elasticity" in lines
+    assert "COUNTERS:    scale 2 (up), recreate 1, failover 0, failback 0" in lines
+    table_at = lines.index(next(line for line in lines if line.startswith("TIME")))
+    assert lines[table_at].split() == ["TIME", "POLICY", "ACTION", "SOURCE", "REASON"]
+    newest, oldest = lines[table_at + 1].split(), lines[table_at + 2].split()
+    assert newest[2:5] == ["elasticity", "scaleup", "(recommended)"] and newest[-1] == "periods"
+    assert oldest[2:5] == ["availability", "recreate", "recreate_expr"]
+    as_json = json.loads((await cli("policy", "9701", "--json")).stdout)
+    assert as_json["state"]["scale_counter"] == 2 and len(as_json["decisions"]) == 2
+    assert (await cli("policy", "424242")).code == 3
+
+
+async def test_recreate_replaces_one_vm(cli: Cli, store: Store, collector: Collector) -> None:
+    await collector.subscribe("env.recreate")
+    planted = await plant_running_env(store, 9801, "alpha", slaves=1)
+    master_vmid = planted["slots"][0]["one_id"]
+    result = await cli("recreate", "9801", str(master_vmid))
+    assert result.code == 0, result.stderr
+    jobid = int(result.stdout.split()[1])
+    job = await store.jobs.find_one({"_id": jobid})
+    assert job is not None and (job["type"], job["envid"], job["status"]) == ("RECREATE", 9801, "RUNNING")
+    env = await store.envs.find_one({"_id": 9801})
+    assert env is not None and env["op"]["params"] == {"vmid": master_vmid, "slot": "9801:master:1"}
+    message = await collector.wait_for(lambda s, p: p.get("envid") == 9801)
+    assert message["vmid"] == master_vmid
+    busy = await cli("recreate", "9801", str(master_vmid))
+    assert busy.code == 4
+    await store.envs.update_one({"_id": 9801}, {"$set": {"op": None}})
+    assert (await cli("recreate", "9801", "999999")).code == 3  # not a VM of this environment

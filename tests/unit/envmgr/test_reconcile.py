@@ -206,7 +206,7 @@ def test_recreate_master_readds_every_slave_to_the_new_master() -> None:
     assert master["incarnation"] == 2 and master["one_id"] != old_master["one_id"]
     assert world.env["notify"]["master_incarnation"] == 2
     assert sorted(i["ip"] for i in world.env["notify"]["items"]) == sorted(s["ip"] for s in world.live("slave"))
-    assert world.env["app_url"] == f"http://{old_master['ip']}:8080/app", "app_url is kept from the create"
+    assert world.env["app_url"] == f"http://{master['ip']}:8080/app", "app_url follows the new master"
     assert world.env["op"] is None
 
 

@@ -26,6 +26,12 @@ COMMANDS = build_parser()[1]
     (["-J"], ["jobs"]), (["-v"], ["vms"]), (["-o"], ["configs"]),
     (["-S"], ["services"]), (["-P"], ["pools"]), (["-R"], ["requests"]),
     (["--service", "envs", "envs"], ["--service", "envs", "envs"]),
+    (["--upload", "config.rb"], ["upload", "config.rb"]),
+    (["--upload", "global.rb", "--global"], ["upload", "global.rb", "--global"]),
+    (["--envvms", "18"], ["envvms", "18"]), (["--scaleup", "18"], ["scaleup", "18"]),
+    (["--scaledown", "18"], ["scaledown", "18"]), (["--remove", "18"], ["remove", "18"]),
+    (["--jobs"], ["jobs"]), (["--vms"], ["vms"]), (["--configs"], ["configs"]), (["--services"], ["services"]),
+    (["--pools", "--json"], ["pools", "--json"]), (["--requests"], ["requests"]),
     (["create", "tomcat", "--watch"], ["create", "tomcat", "--watch"]),
 ])
 def test_carina_flags_become_subcommands(argv: list[str], expected: list[str]) -> None:
@@ -75,3 +81,27 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["scaleup", "not-a-number"]) == EXIT_USAGE
     assert run(["--help"]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_scheduler_tables_like_carina() -> None:
+    from libs.cli.oneenv import pools_rows, requests_rows, services_rows
+
+    services = services_rows([{"name": "demo", "class": "gold", "allocated_memory": 1024, "max_memory": 24576,
+                               "allocated_vcpus": 1.5, "max_vcpus": 12.0, "zones": ["zone1", "zone2"]}])
+    assert [line.split() for line in services.splitlines()] == [
+        ["NAME", "PRIORITY_CLASS", "MEM(ALLOC/MAX)", "VCPUS(ALLOC/MAX)", "CLIENT"],
+        ["demo", "gold", "1024/24576", "1.5/12", "zone1,zone2"]]
+    pools = pools_rows([{"name": "p", "zone": "z", "class": "bronze", "memory": 8192, "available_memory": 0,
+                         "vcpus": 4.0, "available_vcpus": 0.0}])
+    assert pools.splitlines()[1].split() == ["p", "z", "bronze", "8192", "0", "4", "0"]
+    requests = requests_rows([{"reqid": 7, "envid": 18, "service": "demo", "memory": 512, "vcpus": 1.0,
+                               "status": "PEND", "pool": None}])
+    assert requests.splitlines()[1].split() == ["7", "18", "demo", "512", "1", "PEND", "-"]
+
+
+def test_global_upload_needs_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "global.yaml").write_text("pools: {}\n")
+    assert run(["--url", "http://127.0.0.1:9", "upload", str(tmp_path / "global.yaml")]) == EXIT_USAGE
+    assert "--global" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("x")
+    assert run(["--url", "http://127.0.0.1:9", "upload", str(tmp_path / "notes.txt"), "--global"]) == EXIT_USAGE
