@@ -35,7 +35,7 @@ def fast_config(**kw: Any) -> ZoneConfig:
         networks=[NetworkSpec("public", "10.1.0.0/24"), NetworkSpec("private", "192.168.50.0/29")],
         users=[("oneadmin", "secret"), ("alice", "pw")],
         boot_seconds=0.1, shutdown_seconds=0.1, monitor_seconds=0.2, guest_seconds=0.05,
-        guest_poll_seconds=0.05, guest_metrics_seconds=0.05, guest_backoff=0.02,
+        guest_poll_seconds=0.05, guest_metrics_seconds=0.05, guest_backoff=0.02, guest_retries=4,
     )
     for k, v in kw.items():
         setattr(cfg, k, v)
