@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -30,7 +31,9 @@ class FakeClock:
         return self.now
 
 
-def config(pools: dict[str, tuple[str, float, int, str]], services: dict[str, tuple[str, float, int]]) -> GlobalConfig:
+def config(
+    pools: Mapping[str, tuple[str, float, int, str]], services: Mapping[str, tuple[str, float, int]]
+) -> GlobalConfig:
     return GlobalConfig.parse(
         {
             "pools": {n: {"zone": z, "vcpus": v, "memory": m, "class": c} for n, (z, v, m, c) in pools.items()},
@@ -56,8 +59,16 @@ class Ids:
         return self.next - 1
 
 
-def req(reqid: int, service: str, *, vcpus: float = 1, memory: int = 512, zone: str | None = "z1", **kw: Any) -> Request:
+def req(
+    reqid: int, service: str, *, vcpus: float = 1, memory: int = 512, zone: str | None = "z1", **kw: Any
+) -> Request:
     return Request(reqid=reqid, service=service, envid=kw.pop("envid", 1), vcpus=vcpus, memory=memory, zone=zone, **kw)
+
+
+def got(alloc: Allocator, reqid: int) -> Request:
+    found = alloc.get(reqid)
+    assert found is not None, f"request {reqid} is not in the ledger"
+    return found
 
 
 def grants(effects: list[Any]) -> list[Grant]:
@@ -143,7 +154,7 @@ def test_quota_caps_a_service_and_a_release_lets_the_next_one_in() -> None:
         alloc.submit(req(i, "gold"), now=i)
     effects = alloc.step(now=10)
     assert [g.reqid for g in grants(effects)] == [1, 2]
-    assert alloc.get(3) is not None and alloc.get(3).status is RequestStatus.PEND  # type: ignore[union-attr]
+    assert got(alloc, 3).status is RequestStatus.PEND
     assert reclaims(effects) == []  # over quota waits; it never preempts
     alloc.release(1, now=11)
     assert [g.reqid for g in grants(alloc.step(now=12))] == [3]
@@ -200,7 +211,7 @@ def test_bronze_borrowing_gold_is_reclaimed_for_a_gold_request_exactly_once() ->
     assert alloc.release(rec.reqid, now=31)
     (grant,) = grants(alloc.step(now=32))
     assert (grant.reqid, grant.pool) == (100, "gold-pool")
-    assert alloc.get(100).status is RequestStatus.ALLOCATED  # type: ignore[union-attr]
+    assert got(alloc, 100).status is RequestStatus.ALLOCATED
     alloc.check_invariants()
 
 
@@ -235,7 +246,7 @@ def test_borrowed_capacity_blocks_lower_classes_while_a_higher_class_waits() -> 
     assert grants(effects) == []  # the freed gold vCPU is kept for the gold request, not lent out again
     alloc.release(5, now=25)
     assert [g.reqid for g in grants(alloc.step(now=26))] == [100]
-    assert alloc.get(200).status is RequestStatus.PEND  # type: ignore[union-attr]
+    assert got(alloc, 200).status is RequestStatus.PEND
 
 
 def test_reclaim_checks_the_zone() -> None:
@@ -304,6 +315,21 @@ def test_reclaims_are_throttled_per_victim_and_repeated_after_the_window() -> No
     assert alloc.step(now=200) == []
 
 
+def test_reclaim_reminders_only_go_out_for_a_higher_class_waiter() -> None:
+    cfg = config({"plat": ("z1", 2, 4096, "platinum")}, SERVICES)
+    alloc = Allocator(cfg, clock=FakeClock(0), reclaim_window=60)
+    alloc.submit(req(1, "silver"), now=1)
+    alloc.submit(req(2, "silver"), now=1)
+    alloc.step(now=2)
+    alloc.submit(req(3, "plat", envid=9), now=3)
+    assert [r.reqid for r in reclaims(alloc.step(now=4))] == [2]
+    alloc.submit(req(4, "bronze", envid=8), now=5)  # waits for the same pool, but may not take silver's capacity
+    alloc.cancel("plat", 9, now=6)
+    assert alloc.step(now=100) == []
+    alloc.submit(req(5, "gold", envid=7), now=101)
+    assert [(r.reqid, r.for_reqid, r.resend) for r in reclaims(alloc.step(now=102))] == [(2, 5, True)]
+
+
 # --- leases ------------------------------------------------------------------------------------------------------
 
 
@@ -317,12 +343,12 @@ def test_grants_expire_unless_renewed() -> None:
     assert g1.lease_expires_at == 100
     clock.now = 50
     assert alloc.renew("bronze", envid=1) == 1
-    assert alloc.get(1).lease_expires_at == 150  # type: ignore[union-attr]
+    assert got(alloc, 1).lease_expires_at == 150
     assert alloc.expire(now=99.9) == []
     (expired,) = alloc.expire(now=100)
     assert expired == Expired(2, "bronze", 2, "p", 1, 512)
-    assert alloc.get(2).status is RequestStatus.RELEASED  # type: ignore[union-attr]
-    assert alloc.get(2).reason == "lease expired"  # type: ignore[union-attr]
+    assert got(alloc, 2).status is RequestStatus.RELEASED
+    assert got(alloc, 2).reason == "lease expired"
     # step expires too, and the freed capacity is granted in the same pass
     alloc.submit(req(3, "bronze", envid=3), now=120)
     alloc.submit(req(4, "bronze", envid=4), now=120)
@@ -356,7 +382,7 @@ def test_submit_is_idempotent_and_conflicts_are_refused() -> None:
     assert alloc.submit(req(1, "bronze")).status is RequestStatus.ALLOCATED
     with pytest.raises(RequestConflict, match="reqid 1 .*vcpus"):
         alloc.submit(req(1, "bronze", vcpus=2))
-    assert alloc.get(1).vcpus == 1  # type: ignore[union-attr]
+    assert got(alloc, 1).vcpus == 1
 
 
 @pytest.mark.parametrize(
@@ -412,7 +438,7 @@ def test_release_and_cancel() -> None:
     alloc.step()
     alloc.submit(req(4, "bronze", envid=5))
     assert alloc.cancel("bronze", 5) == [1, 2, 4]
-    assert [alloc.get(i).status for i in (1, 2, 3, 4)] == [  # type: ignore[union-attr]
+    assert [got(alloc, i).status for i in (1, 2, 3, 4)] == [
         RequestStatus.CANCELLED,
         RequestStatus.CANCELLED,
         RequestStatus.ALLOCATED,
@@ -424,7 +450,7 @@ def test_release_and_cancel() -> None:
     alloc.submit(req(5, "bronze", vcpus=9, memory=1), now=0)  # over the pool: rejected, nothing to release
     alloc.submit(req(6, "bronze"))
     assert alloc.release(6)
-    assert alloc.get(6).status is RequestStatus.CANCELLED  # type: ignore[union-attr]
+    assert got(alloc, 6).status is RequestStatus.CANCELLED
     assert alloc.step() == []
     alloc.check_invariants()
 
@@ -466,9 +492,7 @@ def test_restore_from_the_ledger_rebuilds_availability_and_decides_the_same() ->
     again = Allocator.restore(cfg, alloc.snapshot(), clock=clock)
     assert again.step(now=30) == []
     again.renew("bronze", now=31)
-    assert [again.get(r).lease_expires_at for r in reclaimed] == [  # type: ignore[union-attr]
-        alloc.get(r).lease_expires_at for r in reclaimed  # type: ignore[union-attr]
-    ]
+    assert [got(again, r).lease_expires_at for r in reclaimed] == [got(alloc, r).lease_expires_at for r in reclaimed]
     # a resubmitted reqid is still recognised after the restart
     assert restored.submit(req(1, "bronze", envid=1)).status is RequestStatus.ALLOCATED
 
@@ -484,7 +508,7 @@ def test_restore_of_a_carina_ledger_without_leases_or_with_vanished_pools() -> N
     ]
     alloc = Allocator.restore(cfg, ledger, clock=FakeClock(100), lease_ttl=50)
     alloc.check_invariants()
-    assert alloc.get(1).lease_expires_at == 150  # type: ignore[union-attr]
+    assert got(alloc, 1).lease_expires_at == 150
     usage = {p.name: p for p in alloc.pool_usage()}
     assert usage["gone"].retired and usage["gone"].vcpus_allocated == 1
     assert usage["p"].vcpus_allocated == 2

@@ -85,7 +85,12 @@ def test_pool_values_are_checked(pool: dict[str, object], path: str) -> None:
 def test_carina_spellings_and_string_numbers() -> None:
     carina = {
         "SHAREDPOOLS": {
-            "flame": {":zone": "flame", "allocateable_cpus": "100", "allocateable_mem": " 102400 ", ":service_class": "gold"}
+            "flame": {
+                ":zone": "flame",
+                "allocateable_cpus": "100",
+                "allocateable_mem": " 102400 ",
+                ":service_class": "gold",
+            }
         },
         "SERVICES": {"svc1": {"priority": "silver", "maxcpus": "12", "maxmemory": "64000"}},
     }
@@ -94,7 +99,9 @@ def test_carina_spellings_and_string_numbers() -> None:
 
 def test_carina_errors_use_carina_key_names() -> None:
     carina = {
-        "SHAREDPOOLS": {"flame": {"zone": "flame", "allocateable_cpus": "many", "allocateable_mem": "1", "priority": "gold"}},
+        "SHAREDPOOLS": {
+            "flame": {"zone": "flame", "allocateable_cpus": "many", "allocateable_mem": "1", "priority": "gold"}
+        },
         "SERVICES": {"svc1": {"priority": "gold", "maxcpus": "12"}},
     }
     with pytest.raises(GlobalConfigError) as info:

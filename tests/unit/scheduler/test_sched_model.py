@@ -35,10 +35,18 @@ from services.scheduler.allocator import (
 
 PROFILES = {
     "ci": settings(
-        max_examples=200, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        max_examples=200,
+        stateful_step_count=30,
+        deadline=None,
+        report_multiple_bugs=False,
+        suppress_health_check=[HealthCheck.too_slow],
     ),
     "nightly": settings(
-        max_examples=500, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        max_examples=500,
+        stateful_step_count=50,
+        deadline=None,
+        report_multiple_bugs=False,
+        suppress_health_check=[HealthCheck.too_slow],
     ),
 }
 PROFILE = PROFILES[os.environ.get("CARINA_HYPOTHESIS_PROFILE", "ci")]
@@ -120,7 +128,9 @@ class SchedulerModel(RuleBasedStateMachine):
         if batch:
             self.step()
 
-    @rule(batch=st.lists(st.tuples(service_names, st.sampled_from(["z1", "z2"]), envids, sizes), min_size=1, max_size=6))
+    @rule(
+        batch=st.lists(st.tuples(service_names, st.sampled_from(["z1", "z2"]), envids, sizes), min_size=1, max_size=6)
+    )
     def burst(self, batch: list[tuple[str, str, int, tuple[float, int]]]) -> None:
         for service, zone, envid, size in batch:
             self.submit(service, zone, envid, size, False, False)
@@ -186,9 +196,9 @@ class SchedulerModel(RuleBasedStateMachine):
             req = self.alloc.get(reqid)
             assert req is not None and (req.service, req.envid, req.status) == (service, envid, RequestStatus.CANCELLED)
             self.held.pop(reqid, None)
-        assert not [
-            r for r in self.alloc.snapshot() if r.service == service and r.envid == envid and r.active
-        ], "cancel left live requests behind"
+        assert not [r for r in self.alloc.snapshot() if r.service == service and r.envid == envid and r.active], (
+            "cancel left live requests behind"
+        )
 
     @rule(service=service_names, whole_service=st.booleans(), envid=envids)
     def renew(self, service: str, whole_service: bool, envid: int) -> None:
