@@ -44,7 +44,7 @@ async def run(samples: int, burst: int) -> None:
     try:
         stack = Stack(dev)
         stack.upload_config(E2E_CONFIG % {"zone1": dev.zone_url(0), "zone2": dev.zone_url(1)})
-        nc = await nats.connect(dev.nats_url)
+        nc = await nats.connect(dev.operator_nats_url)
         ready: dict[int, float] = {}
 
         async def on_event(msg: nats.aio.msg.Msg) -> None:

@@ -398,7 +398,7 @@ def _phase_master(c: _Ctx) -> None:
         reqid = _create_reqids(c)["master"]
     master = c.ensure_slot("master", 0, inc, {}, reqid)
     if c.env.get("status") in ("INIT", "PENDING"):
-        c.status("MASTER_CREATE", f"creating master VM {master['name']}")
+        c.status("MASTER_CREATE", "MASTER_CREATE")
     if master.get("lifecycle") in BROKEN:
         error = master.get("error") or f"master VM is {master.get('lifecycle')}"
         c.fail(f"MASTER_CREATE_FAIL:{error}", f"master VM {master['name']}: {error}")

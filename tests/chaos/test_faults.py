@@ -136,7 +136,7 @@ async def test_zone_errors_and_duplicate_deliveries(fault_stack: Stack) -> None:
     zone.fail_calls("one.vm.info", count=4, code="internal")
     stop = asyncio.Event()
     subjects = ["env.create", "env.reconcile", "vm.provision", "vm.terminate", "vm.status", "vm.guest", "guest.report"]
-    dup_task = asyncio.create_task(duplicate_some(dev.nats_url, subjects, 0.3, stop, seed=11))
+    dup_task = asyncio.create_task(duplicate_some(dev.operator_nats_url, subjects, 0.3, stop, seed=11))
     envids = await asyncio.to_thread(creates, fault_stack, 20)
     await asyncio.to_thread(settle, dev, envids, 150.0)
     stop.set()
