@@ -12,7 +12,7 @@
 # Carina tells the master about slaves in one of two ways (CONTEXT variable CARINA_NOTIFY):
 #   ssh   Carina runs "balance.sh add <ip> <slavedata>" / "balance.sh delete <ip>" over ssh, as the original did;
 #   pull  this script polls {CARINA_URL}/guest/v1/notifications and acknowledges what it applied.
-# Guest protocol: docs/helper-conventions.md. The balancer is HAProxy when installed; without it the slave list
+# Guest protocol: docs/conventions.md. The balancer is HAProxy when installed; without it the slave list
 # is still kept (and shown), which is enough for the simulated zone.
 #
 # Settings (environment): CARINA_CONTEXT_FILE (context file to read first), CARINA_STATE_DIR (default

@@ -10,7 +10,7 @@
 # (Carina's examples also pass SLAVE_ID=%SLAVE_INDEX% through slave_context_var), APP_PACKAGE (a .war name),
 # APP_REPO_URL (optional: where to download APP_PACKAGE from), and any <NAME>_URL given by group dependencies
 # (e.g. HBASE_URL), which are handed to the application through Tomcat's setenv.sh.
-# Guest protocol: docs/helper-conventions.md.
+# Guest protocol: docs/conventions.md.
 #
 # Settings (environment): CARINA_CONTEXT_FILE (context file to read first), CARINA_STATE_DIR (default
 # /var/lib/carina), CATALINA_HOME (default: the first /usr/share/tomcat* or /opt/tomcat*), TOMCAT_PORT (8080),

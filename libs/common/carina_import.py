@@ -2,7 +2,7 @@
 
 Where it sits: a user (or `make run`) uploads a Carina-era `config.rb`; the gateway hands its text to
 `convert_config_rb`, which parses it with `libs.common.rubyhash` (never running it) and maps the constants onto
-the native service configuration described in docs/helper-conventions.md:
+the native service configuration described in docs/conventions.md:
 
     ENDPOINT    -> endpoints     (:proxy -> url, :oneauth -> credentials, zone defaults to the endpoint name)
     TEMPLATE    -> templates     (:file keeps only its base name: templates are uploaded by name)

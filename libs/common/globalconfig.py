@@ -1,6 +1,6 @@
 """The admin's global scheduler configuration: capacity pools, services with their class and quota.
 
-An administrator uploads this document (YAML, see docs/helper-conventions.md) through the gateway; the scheduler
+An administrator uploads this document (YAML, see docs/conventions.md) through the gateway; the scheduler
 (`services.scheduler`) loads it and hands it to the pure allocator (`services.scheduler.allocator`), which grants
 `pool.request`s against the pools within each service's quota. `GlobalConfig.from_carina` accepts the dicts an
 importer makes from Carina's `global.rb` (`SHAREDPOOLS` / `SERVICES` with Carina's key spellings and numbers

@@ -1,4 +1,4 @@
-"""Emulated contextualized guests of the simulated zone (the "Guest protocol" of docs/helper-conventions.md).
+"""Emulated contextualized guests of the simulated zone (the "Guest protocol" of docs/conventions.md).
 
 Where it sits: :class:`libs.onesim.core.ZoneCore` calls :meth:`GuestRunner.start` when a VM whose CONTEXT carries
 ``CARINA_URL`` boots, and :meth:`GuestRunner.stop` when it leaves RUNNING. Each guest is one task on a single

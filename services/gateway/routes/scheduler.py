@@ -148,7 +148,7 @@ async def list_requests(store: Store, caller: Caller, service: str | None, statu
     response_model=schemas.SchedulerConfigUploaded,
     summary="Upload the global scheduler's pools and services (administrator; YAML, JSON or Carina's global.rb)",
     responses=errors(*COMMON_ERRORS, 403, 413, 415),
-    openapi_extra=upload_body(CONFIG_TYPES, "`pools` and `services` (docs/helper-conventions.md), or a global.rb "
+    openapi_extra=upload_body(CONFIG_TYPES, "`pools` and `services` (docs/conventions.md), or a global.rb "
                                            "(Content-Type text/x-ruby, or recognised by SHAREDPOOLS/SERVICES)"),
 )
 async def upload_scheduler_config(request: Request, gw: GatewayDep,
