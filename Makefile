@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check libs services tests bench
-	$(VENV)/bin/mypy libs/common services
+	$(VENV)/bin/mypy libs/common libs/cli libs/devstack services
 	$(VENV)/bin/lint-imports
 
 ## bench: benchmarks, printing figures (not asserted)

@@ -503,10 +503,10 @@ def _complete(c: _Ctx) -> None:
     if op_type == "SCALEUP":
         c.status("SLAVE_SCALEUP_SUCCESS", "slave added (SLAVE_SCALEUP_SUCCESS)")
     # A replaced master has a new IP: the app_url follows it.
-    master_ip = slot_ip(c.master() or {})
+    current_ip = slot_ip(c.master() or {})
     template = str(c.env["spec"]["config"].get("app_url", ""))
-    if master_ip and template and c.env.get("app_url") != template.replace("%MASTER%", master_ip):
-        c.set_env(app_url=template.replace("%MASTER%", master_ip))
+    if current_ip and template and c.env.get("app_url") != template.replace("%MASTER%", current_ip):
+        c.set_env(app_url=template.replace("%MASTER%", current_ip))
         c.event(f"app_url is now {c.env['app_url']}")
     c.finish(f"{op_type} done")
 
