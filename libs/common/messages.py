@@ -115,6 +115,7 @@ class EnvRecover(Message):
 
     SUBJECT: ClassVar[str] = s.ENV_RECOVER
     envid: int = Field(ge=1)
+    requested_by: Literal["api", "policy", "scheduler", "operator"] = "operator"
     request_id: str | None = Field(None, max_length=128)
 
     def msg_id(self) -> str:
@@ -344,6 +345,10 @@ class VmMetrics(Message):
     values: dict[str, float]
     at: datetime = Field(default_factory=utcnow)
 
+    def msg_id(self) -> str:
+        # Every push is a sample, even with the same values as the last one.
+        return f"vm.metrics:{self.slot}:{self.at.timestamp()}"
+
 
 # --- GUEST ----------------------------------------------------------------------------------------------------------
 
@@ -388,6 +393,9 @@ class PolicyDecision(Message):
     recommend_only: bool = False
     at: datetime = Field(default_factory=utcnow)
 
+    def msg_id(self) -> str:
+        return f"policy.decision:{self.envid}:{self.policy}:{self.at.timestamp()}"
+
 
 # --- EVENTS ---------------------------------------------------------------------------------------------------------
 
@@ -419,7 +427,7 @@ CATALOGUE: tuple[tuple[type[Message], str, str, str], ...] = (
     (EnvScale, s.ENV_SCALE, "gateway, policy, scheduler", "envmgr"),
     (EnvRemove, s.ENV_REMOVE, "gateway", "envmgr"),
     (EnvRecreate, s.ENV_RECREATE, "gateway, policy", "envmgr"),
-    (EnvRecover, s.ENV_RECOVER, "gateway", "envmgr"),
+    (EnvRecover, s.ENV_RECOVER, "gateway, policy", "envmgr"),
     (EnvFailover, s.ENV_FAILOVER, "policy", "envmgr"),
     (EnvFailback, s.ENV_FAILBACK, "policy", "envmgr"),
     (EnvReconcile, s.ENV_RECONCILE, "any service", "envmgr"),

@@ -574,7 +574,8 @@ def _start_replace(c: _Ctx, params: Doc) -> None:
         if target is None:
             c.fail(c.env.get("status", ""), f"no VM {params.get('vmid', params.get('slot'))} in this environment")
             return
-        targets = [target]
+        # Other broken VMs are replaced in the same operation: waiting on them would only fail it.
+        targets = [target] + [s for s in c.live() if s is not target and s.get("lifecycle") in BROKEN]
     else:
         targets = [s for s in c.live() if s.get("lifecycle") in BROKEN]
         c.set_env(failed=None)

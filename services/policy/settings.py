@@ -18,4 +18,5 @@ class Settings(ServiceSettings):
                                    "on its environment until envmgr shows the operation")
     refresh_interval: float = Field(60.0, gt=0, description="an environment whose policy state did not change is "
                                     "written back (its latest decision refreshed) at most this often")
+    evaluation_timeout: float = Field(5.0, gt=0, description="deadline of one environment's evaluation on a tick")
     concurrency: int = Field(8, ge=1, le=256, description="environments evaluated at once")

@@ -91,7 +91,7 @@ class CommandHandlers:
                                           {"vmid": msg.vmid, "slot": msg.slot})
 
     async def env_recover(self, msg: EnvRecover, delivery: Delivery) -> None:
-        await self._start_unless_recorded(msg.envid, "RECOVER", msg.request_id, "operator")
+        await self._start_unless_recorded(msg.envid, "RECOVER", msg.request_id, msg.requested_by)
 
     async def env_reconcile(self, msg: EnvReconcile, delivery: Delivery) -> None:
         await self.r.reconcile(msg.envid)

@@ -157,7 +157,13 @@ class Evaluator:
                            state=prefetched.states.get(envid), partners=partners)
         async with semaphore:
             try:
-                await self.evaluate(envid, trigger="tick", now=now, known=known)
+                # One environment whose command cannot be published (broker trouble, a missing permission) must
+                # not hold the whole tick: its state says the command is awaited, so it is retried later.
+                await asyncio.wait_for(self.evaluate(envid, trigger="tick", now=now, known=known),
+                                       timeout=self.settings.evaluation_timeout)
+            except TimeoutError:
+                log.warning("policy evaluation timed out", extra={"envid": envid,
+                                                                  "timeout_s": self.settings.evaluation_timeout})
             except Exception:  # noqa: BLE001 - one broken environment must not stop the others
                 log.exception("policy evaluation failed", extra={"envid": envid})
 

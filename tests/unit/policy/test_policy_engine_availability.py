@@ -175,3 +175,41 @@ def test_every_decision_explains_itself_with_its_inputs() -> None:
     payload = decision.to_dict()
     assert payload["expressions"]["recreate_expr"].startswith("nummissing[0.0] > 0")
     assert payload["at"] == MONDAY_NOON.isoformat()
+
+
+# --- recover after a failed recreate -------------------------------------------------------------------------------
+
+
+def test_a_failed_recreate_is_followed_by_one_recovery_after_the_period() -> None:
+    # The master was recreated but envmgr could not finish (the slaves broke too): the environment is recovered
+    # (every broken VM at once) after more than `period` quiet ticks, instead of one failing recreate per VM.
+    policy = availability(RECREATE)
+    view = EnvironmentView(envid=9, policy_status="ACTIVE", num_vms=3, numfailed=1, unhealthy=(SLAVE_FAILED,),
+                           failed_operation="RECREATE")
+    state = PolicyState(recreate_counter=5)
+    actions = []
+    for tick in range(6):
+        decisions, state = decide(view, policy, state, MONDAY_NOON + tick * MINUTE)
+        actions.append(decisions[0].action)
+    assert actions == ["none", "none", "recover", "none", "none", "recover"]
+    recover = decide(view, policy, PolicyState(recover_counter=2), MONDAY_NOON)[0][0]
+    assert recover.count == 1 and "slave 1 vm 1606 (FAILED)" in recover.reason
+    assert recover.inputs["failed_operation"] == "RECREATE"
+
+
+def test_recovery_waits_while_an_operation_runs_and_does_not_count_it() -> None:
+    policy = availability(RECREATE)
+    busy = EnvironmentView(envid=9, policy_status="ACTIVE", num_vms=3, failed_operation="RECREATE", busy=True)
+    decisions, state = decide(busy, policy, PolicyState(recover_counter=1), MONDAY_NOON)
+    assert decisions[0].action == "none" and state.recover_counter == 1
+
+
+def test_no_recovery_without_a_recreate_policy_or_after_other_failures() -> None:
+    failover_only = availability({"period": 0, "failover_role": "passive", "failover_group": "g"})
+    for policy, failed in ((failover_only, "RECREATE"), (availability(RECREATE), "SCALEUP")):
+        view = EnvironmentView(envid=9, policy_status="ACTIVE", num_vms=3, failed_operation=failed)
+        state = PolicyState()
+        for tick in range(5):
+            decisions, state = decide(view, policy, state, MONDAY_NOON + tick * MINUTE)
+            assert all(d.action != "recover" for d in decisions)
+        assert state.recover_counter == 0
