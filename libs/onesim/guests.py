@@ -146,11 +146,17 @@ class GuestRunner(GuestHooks):
         assert self._client is not None and self._sem is not None
         params = kwargs.get("params") or {}
         shown = {k: v for k, v in params.items() if k != "token"}
+        long_poll = bool(kwargs.pop("long_poll", False))
+        timeout = self.cfg.guest_http_timeout + (self.cfg.guest_long_poll if long_poll else 0.0)
         last_error = ""
         for attempt in range(1, max(1, self.cfg.guest_retries) + 1):
             try:
-                async with self._sem:
-                    resp = await self._client.request(method, url, timeout=self.cfg.guest_http_timeout, **kwargs)
+                if long_poll:
+                    # A held request must not occupy one of the few workers other guests' reports need.
+                    resp = await self._client.request(method, url, timeout=timeout, **kwargs)
+                else:
+                    async with self._sem:
+                        resp = await self._client.request(method, url, timeout=timeout, **kwargs)
                 if resp.status_code < 500:
                     self._note(rec, "reports", {
                         "kind": kind, "method": method, "url": url.split("?")[0], "params": shown,
@@ -224,7 +230,9 @@ class GuestRunner(GuestHooks):
     async def _pull_loop(self, vm_id: int, boot_seq: int, base: str, token: str, rec: dict[str, Any]) -> None:
         headers = {"X-ONEGATE-TOKEN": token, "X-ONEGATE-VMID": str(vm_id)}
         while await self._wait_running(vm_id, boot_seq):
-            resp = await self._http(rec, "notifications", "GET", f"{base}/guest/v1/notifications", headers=headers)
+            # Long poll: Carina holds the request until there is something to apply (or `wait` runs out).
+            resp = await self._http(rec, "notifications", "GET", f"{base}/guest/v1/notifications", headers=headers,
+                                    params={"wait": self.cfg.guest_long_poll}, long_poll=True)
             if resp is not None and resp.is_success:
                 try:
                     notes = resp.json().get("notifications", [])

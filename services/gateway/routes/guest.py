@@ -10,6 +10,8 @@ left out of the user API's OpenAPI document (they are documented in DESIGN.md §
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, Literal
@@ -191,15 +193,56 @@ def _current_master(kind: str, slot: Doc, env: Doc) -> dict[str, Any]:
     return notify
 
 
+MAX_WAIT = 30.0  # seconds a long poll may be held
+
+
+def _pending(slot: Doc, notify: dict[str, Any]) -> list[dict[str, Any]]:
+    acked = int(as_dict(slot.get("guest")).get("acked_seq") or 0)
+    return sorted((i for i in notify.get("items") or [] if int(i.get("seq", 0)) > acked), key=lambda i: int(i["seq"]))
+
+
 @router.get("/guest/v1/notifications")
 async def notifications(request: Request, gw: GatewayDep) -> JSONResponse:
-    """Pending `add`/`delete` notifications for the master, oldest first (pull mode)."""
+    """Pending `add`/`delete` notifications for the master, oldest first (pull mode).
+
+    With `?wait=N` (seconds, at most 30) the request is held until there is something pending or N seconds pass:
+    a long poll, so that a master learns of a new slave at once without polling Carina every fraction of a second.
+    It wakes on the environment's progress events (`events.env.<envid>`), which envmgr publishes when it tells the
+    master something; the subscription is made before the first read, so nothing published in between is missed.
+    """
     vmid, token = _onegate_identity(request, "notifications")
+    try:
+        wait = min(MAX_WAIT, max(0.0, float(request.query_params.get("wait") or 0)))
+    except ValueError:
+        raise GuestRejected("notifications", status.HTTP_400_BAD_REQUEST, "invalid",
+                            "wait must be a number of seconds") from None
     slot, env = await verify_guest(request, gw, "notifications", vmid, None, token)
     notify = _current_master("notifications", slot, env)
-    guest = as_dict(slot.get("guest"))
-    acked = int(guest.get("acked_seq") or 0)
-    items = sorted((i for i in notify.get("items") or [] if int(i.get("seq", 0)) > acked), key=lambda i: int(i["seq"]))
+    items = _pending(slot, notify)
+    if not items and wait > 0 and gw.bus.nc is not None and gw.bus.connected:
+        woken = asyncio.Event()
+
+        async def wake(_: Any) -> None:
+            woken.set()
+
+        subscription = await gw.bus.nc.subscribe(f"events.env.{int(env['_id'])}", cb=wake)
+        woken.set()  # read once more now that we listen: anything appended before the subscription is seen
+        try:
+            deadline = time.monotonic() + wait
+            while not items and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), timeout=max(0.0, deadline - time.monotonic()))
+                if not woken.is_set():
+                    break
+                woken.clear()
+                fresh_slot = await gw.store.slots.find_one({"_id": slot["_id"], "live": True}, {"guest": 1})
+                fresh_env = await gw.store.envs.find_one({"_id": env["_id"]}, {"notify": 1, "master_incarnation": 1})
+                if fresh_slot is None or fresh_env is None:
+                    break
+                items = _pending(fresh_slot, as_dict(fresh_env.get("notify")))
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
     body = Notifications(notifications=[
         Notification(seq=int(i["seq"]), op=str(i.get("op", "")), ip=i.get("ip"), data=str(i.get("data") or ""))
         for i in items])
