@@ -213,6 +213,16 @@ class _Ctx:
         self.event(f"creating {role}{'' if role == 'master' else ' ' + str(index)} VM {doc['name']}")
         return doc
 
+    def next_slave_incarnation(self, index: int) -> int:
+        """A fresh incarnation for slave `index`. Slots already gone are not loaded, so the environment keeps the
+        highest number handed out: reusing one would name an existing slot document and create nothing."""
+        handed_out = dict(self.env.get("slave_incarnations") or {})
+        inc = 1 + max([int(handed_out.get(str(index), 0)),
+                       *(s["incarnation"] for s in self.slots.values() if s["role"] == "slave" and s["index"] == index)])
+        handed_out[str(index)] = inc
+        self.set_env(slave_incarnations=handed_out)
+        return inc
+
     def retire(self, slot: Doc, why: str) -> None:
         """Stop wanting a VM: it will be terminated (or confirmed absent) by the provisioner."""
         if slot.get("live"):
@@ -462,8 +472,7 @@ def _phase_slaves(c: _Ctx) -> None:
     for index in range(desired):
         slave = c.slave(index)
         if slave is None:
-            inc = 1 + max((s["incarnation"] for s in c.slots.values()
-                           if s["role"] == "slave" and s["index"] == index), default=0)
+            inc = c.next_slave_incarnation(index)
             params = {"MASTER": master_ip, "SLAVE_INDEX": str(index), "NUM_SLAVES": str(desired)}
             reqid = _inherited_reqid(c, "slave", index)
             if reqid is None and c.op.get("grant_reqid") is not None and index == desired - 1:
@@ -587,7 +596,8 @@ def _start_replace(c: _Ctx, params: Doc) -> None:
             c.notify_master("delete", target)
         c.retire(target, "recreate" if c.op["type"] == "RECREATE" else "recover")
     if master_replaced:
-        inc = int(c.env.get("master_incarnation", 1)) + (1 if master is not None else 0)
+        # Always a new number: the old master's slot may be gone already (deleted behind Carina's back).
+        inc = int(c.env.get("master_incarnation", 1)) + 1
         c.notify = {"master_incarnation": inc, "seq": 0, "items": []}
         c.set_env(master_incarnation=inc, notify=dict(c.notify))
         c.phase("master")

@@ -139,15 +139,30 @@ def db(stack: Stack) -> Iterator[Any]:
 # --- helpers --------------------------------------------------------------------------------------------------------
 
 
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: float = 0.1) -> T:
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: float = 0.1,
+             explain: Callable[[], str] | None = None) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            detail = f"\n{explain()}" if explain else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
         time.sleep(every)
+
+
+def explain_env(stack: Stack, db: Any, envid: int, zone: int) -> Callable[[], str]:
+    """What Carina and the zone hold for an environment, for a timeout's message."""
+    def explain() -> str:
+        env = env_doc(db, envid)
+        keep = ("status", "policy_status", "op", "failed", "desired_slaves", "notify", "master_incarnation")
+        slots = [{k: s.get(k) for k in ("role", "index", "one_id", "lifecycle", "live", "phase", "guest")}
+                 for s in db.slots.find({"envid": envid}).sort("_id", 1)]
+        vms = [(int(vm.ID), int(vm.STATE), int(vm.LCM_STATE)) for vm in zone_vms(stack, zone, envid)]
+        return (f"env: { {k: env.get(k) for k in keep} }\nslots: {slots}\nzone VMs (id, state, lcm): {vms}\n"
+                f"decisions: {[(d.get('action'), (d.get('vm') or {}).get('vmid')) for d in decisions(db, envid)]}")
+    return explain
 
 
 def create(stack: Stack, name: str) -> int:
@@ -290,7 +305,7 @@ def test_vms_lost_behind_carinas_back_are_recreated_without_over_provisioning(st
                      "the master recreated first")
     assert first[0]["inputs"]["numunknown"] + first[0]["inputs"]["nummissing"] == 2
     wait_for(lambda: settled(db, healer, 3, 1, stack) and env_doc(db, healer).get("failed") is None, 40,
-             "3 running VMs after the double fault")
+             "3 running VMs after the double fault", explain=explain_env(stack, db, healer, 1))
     # Exactly the desired count afterwards, in Carina and in the zone, and it stays so; the new master knows
     # every slave (the load balancer was told `add` for each).
     time.sleep(3 * TICK)
@@ -337,7 +352,7 @@ def test_host_failure_fails_the_pair_over_and_back(stack: Stack, db: Any) -> Non
     wait_for(lambda: env_doc(db, passive)["policy_status"] == "PASSIVE", 5, "the twin PASSIVE again")
     wait_for(lambda: settled(db, passive, 1, 1, stack), 40, "the twin shrunk back to its master")
     wait_for(lambda: settled(db, active, 3, 0, stack) and env_doc(db, active).get("failed") is None, 40,
-             "the active side with its 3 running VMs")
+             "the active side with its 3 running VMs", explain=explain_env(stack, db, active, 0))
     assert_master_knows_its_slaves(stack, db, active, 0)
     remove(stack, active)
     remove(stack, passive)

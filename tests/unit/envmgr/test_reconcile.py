@@ -210,6 +210,31 @@ def test_recreate_master_readds_every_slave_to_the_new_master() -> None:
     assert world.env["op"] is None
 
 
+def test_vms_gone_before_the_recreate_get_new_slots_not_their_old_ids() -> None:
+    # A slave deleted behind Carina's back is DONE; once its slot is gone it is no longer loaded, and the
+    # replacement must still get a new slot (not the id of the gone one, which would create nothing).
+    world = new_world(num_slaves=2)
+    world.run(5)
+    master, lost = world.live("master")[0], next(s for s in world.live("slave") if s["index"] == 1)
+    master.update(lifecycle="UNKNOWN")
+    lost.update(lifecycle="DONE")
+    world.start("RECREATE", vmid=master["one_id"])
+    world.run(8)
+    assert world.env["op"] is None and world.env["failed"] is None
+    slaves = sorted(world.live("slave"), key=lambda s: s["index"])
+    assert [(s["index"], s["lifecycle"]) for s in slaves] == [(0, "RUNNING"), (1, "RUNNING")]
+    assert slaves[1]["incarnation"] == 2 and world.slots[lost["_id"]]["gone"] is True
+    # Again, with the master itself gone first: a third incarnation for each.
+    world.live("master")[0].update(lifecycle="DONE")
+    slaves[1].update(lifecycle="DONE")
+    world.run(2)
+    world.start("RECOVER")
+    world.run(8)
+    assert world.env["op"] is None
+    assert world.live("master")[0]["incarnation"] == 3
+    assert sorted(s["incarnation"] for s in world.live("slave")) == [1, 3]
+
+
 def test_recover_replaces_failed_vms_and_finishes_the_create() -> None:
     world = new_world(num_slaves=1)
     world.boots = False
