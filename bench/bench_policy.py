@@ -31,7 +31,6 @@ from typing import Any
 
 import httpx
 import nats
-import pyone
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,23 +41,52 @@ from libs.devstack.stack import DevStack, StackConfig  # noqa: E402
 from services.policy.engine import EnvironmentPolicy, EnvironmentView, Partner, PolicyState, decide  # noqa: E402
 from services.policy.handlers.evaluate import Evaluator  # noqa: E402
 from services.policy.settings import Settings  # noqa: E402
-from tests.e2e.conftest import Stack  # noqa: E402
+from tests.e2e.conftest import Stack, config_text, quick_environment, running_stack, wait_for  # noqa: E402
 
 MONDAY = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 
 POLICIES: list[dict[str, Any]] = [
-    {"elasticity_policy": {"mode": "auto", "min": 2, "max": 4, "priority": 10, "period": 3,
-                           "scaleup_expr": "avgcpu > 50", "scaledown_expr": "avgcpu < 20"}},
-    {"elasticity_policy": {"mode": "time-based", "windows": {
-        "morn": {"spec": "Mon-Fri 0900-1300", "min": 6}, "aft": {"spec": "Mon-Fri 1300-1700", "min": 4},
-        "night": {"spec": "Mon-Fri 0000-0859 1700-2359", "min": 2}}}},
-    {"elasticity_policy": {"min_vms": 1, "max_vms": 5, "elasticity_policies": [
-        {"expression": "ATT > 50", "type": "CHANGE", "adjust": 2, "period_number": 3, "period": 10},
-        {"expression": "ATT < 20", "type": "PERCENTAGE_CHANGE", "adjust": -10, "min_adjust_step": 2}]}},
-    {"availability_policy": {"period": 3, "recreate_expr": "nummissing > 0 || numunknown > 0 || numfailed > 0",
-                             "failover_role": "active", "failover_group": "g",
-                             "failover_expr": "(numunknown + nummissing + numfailed) / numvms > 0.50",
-                             "failback_expr": "numunknown == 0"}},
+    {
+        "elasticity_policy": {
+            "mode": "auto",
+            "min": 2,
+            "max": 4,
+            "priority": 10,
+            "period": 3,
+            "scaleup_expr": "avgcpu > 50",
+            "scaledown_expr": "avgcpu < 20",
+        }
+    },
+    {
+        "elasticity_policy": {
+            "mode": "time-based",
+            "windows": {
+                "morn": {"spec": "Mon-Fri 0900-1300", "min": 6},
+                "aft": {"spec": "Mon-Fri 1300-1700", "min": 4},
+                "night": {"spec": "Mon-Fri 0000-0859 1700-2359", "min": 2},
+            },
+        }
+    },
+    {
+        "elasticity_policy": {
+            "min_vms": 1,
+            "max_vms": 5,
+            "elasticity_policies": [
+                {"expression": "ATT > 50", "type": "CHANGE", "adjust": 2, "period_number": 3, "period": 10},
+                {"expression": "ATT < 20", "type": "PERCENTAGE_CHANGE", "adjust": -10, "min_adjust_step": 2},
+            ],
+        }
+    },
+    {
+        "availability_policy": {
+            "period": 3,
+            "recreate_expr": "nummissing > 0 || numunknown > 0 || numfailed > 0",
+            "failover_role": "active",
+            "failover_group": "g",
+            "failover_expr": "(numunknown + nummissing + numfailed) / numvms > 0.50",
+            "failback_expr": "numunknown == 0",
+        }
+    },
 ]
 
 
@@ -77,10 +105,16 @@ def bench_engine(count: int, ticks: int = 5) -> None:
     for envid in range(1, count + 1):
         kind = envid % len(policies)
         cpu = rng.uniform(0, 100)
-        views.append(EnvironmentView(
-            envid=envid, policy_status="ACTIVE", num_vms=rng.randint(1, 5), numunknown=rng.choice([0, 0, 0, 1]),
-            metrics={"avgcpu": cpu, "ATT": cpu}, partners=(Partner(envid=envid + count, role="passive",
-                                                                   policy_status="PASSIVE"),) if kind == 3 else ()))
+        views.append(
+            EnvironmentView(
+                envid=envid,
+                policy_status="ACTIVE",
+                num_vms=rng.randint(1, 5),
+                numunknown=rng.choice([0, 0, 0, 1]),
+                metrics={"avgcpu": cpu, "ATT": cpu},
+                partners=(Partner(envid=envid + count, role="passive", policy_status="PASSIVE"),) if kind == 3 else (),
+            )
+        )
         chosen.append(policies[kind])
     states = [PolicyState() for _ in views]
     timings = []
@@ -92,8 +126,10 @@ def bench_engine(count: int, ticks: int = 5) -> None:
         if tick:  # the first tick warms the expression and window caches
             timings.append(time.perf_counter() - started)
     median = statistics.median(timings)
-    out(f"engine.decide, {count} environments: {median * 1000:.0f} ms per tick (median of {ticks}; "
-        f"{median / count * 1e6:.1f} us per environment)")
+    out(
+        f"engine.decide, {count} environments: {median * 1000:.0f} ms per tick (median of {ticks}; "
+        f"{median / count * 1e6:.1f} us per environment)"
+    )
 
 
 # --- 2. the I/O shell over the MongoDB-wire server ------------------------------------------------------------------
@@ -125,16 +161,39 @@ async def bench_store(count: int, concurrency: int) -> None:
             envs, slots = [], []
             for envid in range(first, min(first + 1000, count + 1)):
                 config = {"num_slaves": 2, **POLICIES[envid % len(POLICIES)]}
-                envs.append({"_id": envid, "version": 1, "service": "bench", "name": f"e{envid}", "active": True,
-                             "policy_status": "ACTIVE", "op": None, "spec": {"config": config}})
+                envs.append(
+                    {
+                        "_id": envid,
+                        "version": 1,
+                        "service": "bench",
+                        "name": f"e{envid}",
+                        "active": True,
+                        "policy_status": "ACTIVE",
+                        "op": None,
+                        "spec": {"config": config},
+                    }
+                )
                 for index, role in enumerate(("master", "slave", "slave")):
-                    slots.append({"_id": f"{envid}:{role}:{index}:1", "envid": envid, "role": role, "index": index,
-                                  "live": True, "lifecycle": "RUNNING", "one_id": envid * 3 + index,
-                                  "cpu": round(rng.uniform(0, 100), 1), "memory": 262144, "observed_at": now})
+                    slots.append(
+                        {
+                            "_id": f"{envid}:{role}:{index}:1",
+                            "envid": envid,
+                            "role": role,
+                            "index": index,
+                            "live": True,
+                            "lifecycle": "RUNNING",
+                            "one_id": envid * 3 + index,
+                            "cpu": round(rng.uniform(0, 100), 1),
+                            "memory": 262144,
+                            "observed_at": now,
+                        }
+                    )
             await store.envs.insert_many(envs)
             await store.slots.insert_many(slots)
-        out(f"MongoDB-wire server: stored {count} environments and {3 * count} slots in "
-            f"{time.perf_counter() - started:.1f} s")
+        out(
+            f"MongoDB-wire server: stored {count} environments and {3 * count} slots in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
         settings = Settings(tick_interval=60.0, concurrency=concurrency)
         bus = CountingBus()
         evaluator = Evaluator(SimpleNamespace(store=store, bus=bus), settings)  # type: ignore[arg-type]
@@ -143,8 +202,10 @@ async def bench_store(count: int, concurrency: int) -> None:
             evaluated = await evaluator.evaluate_all()
             elapsed = time.perf_counter() - began
             what = "first tick (creates every policy state)" if tick == 0 else "next tick (compare-and-set updates)"
-            out(f"evaluate_all over the MongoDB-wire server, {evaluated} environments, {what}: {elapsed:.1f} s "
-                f"({elapsed / max(evaluated, 1) * 1000:.2f} ms per environment, concurrency {concurrency})")
+            out(
+                f"evaluate_all over the MongoDB-wire server, {evaluated} environments, {what}: {elapsed:.1f} s "
+                f"({elapsed / max(evaluated, 1) * 1000:.2f} ms per environment, concurrency {concurrency})"
+            )
             # The next tick falls in the next tick period (a 60 s tick), as in production.
             settings.tick_interval = 60.0 / (tick + 2)
         out(f"  would have published: {dict(sorted(bus.published.items()))}")
@@ -155,69 +216,92 @@ async def bench_store(count: int, concurrency: int) -> None:
 
 # --- 3. metric push to scale command on a running stack -------------------------------------------------------------
 
-LATENCY_CONFIG = """
-endpoints:
-  zone1: {url: "%(zone1)s", credentials: "oneadmin:onesim"}
-templates:
-  small: {file: example.vm, cpu: 0.1, memory: 64, network_id: {zone1: 0}, image_id: {zone1: 0}}
-environments:
-  pushed:
-    endpoint: zone1
-    master_template: small
-    master_setup_time: 0
-    slave_template: small
-    num_slaves: 1
-    slavedata: "8080"
-    elasticity_policy:
-      mode: auto
-      min: 2
-      max: %(max)d
-      period: 1
-      scaleup_expr: CPU_LOAD > 50
-      scaledown_expr: CPU_LOAD < 1
-"""
+
+def latency_config(dev: DevStack, samples: int) -> str:
+    return config_text(
+        dev,
+        {
+            "pushed": quick_environment(
+                "zone1",
+                1,
+                elasticity_policy={
+                    "mode": "auto",
+                    "min": 2,
+                    "max": samples + 3,
+                    "period": 1,
+                    "scaleup_expr": "CPU_LOAD > 50",
+                    "scaledown_expr": "CPU_LOAD < 1",
+                },
+            )
+        },
+    )
 
 
 async def bench_latency(samples: int) -> None:
     var = Path(tempfile.mkdtemp(prefix="carina-bench-policy-stack-"))
     config = StackConfig.for_tests(var, service_env={"CARINA_POLICY_TICK_INTERVAL": "1"})
-    config.zone_args = ["--boot-seconds", "0.1", "--guest-seconds", "0.05", "--guest-poll-seconds", "0.05",
-                        "--monitor-seconds", "5", "--shutdown-seconds", "0", "--sched-seconds", "0",
-                        "--host-cpu", "100000", "--host-memory", "10000000"]
-    dev = DevStack(config)
-    dev.start()
-    nc = None
+    config.zone_args = [
+        "--boot-seconds",
+        "0.1",
+        "--guest-seconds",
+        "0.05",
+        "--guest-poll-seconds",
+        "0.05",
+        "--monitor-seconds",
+        "5",
+        "--shutdown-seconds",
+        "0",
+        "--sched-seconds",
+        "0",
+        "--host-cpu",
+        "100000",
+        "--host-memory",
+        "10000000",
+    ]
+    with running_stack(config, lambda dev: latency_config(dev, samples)) as stack:
+        latencies = await _latencies(stack, samples)
+    if latencies:
+        out(
+            f"metric push (PUT /vm) -> env.scale, 1 s tick, period 1: median {statistics.median(latencies):.2f} s, "
+            f"min {min(latencies):.2f} s, max {max(latencies):.2f} s over {len(latencies)} samples"
+        )
+    else:
+        out("metric push -> env.scale: no scale command seen")
+
+
+async def _latencies(stack: Stack, samples: int) -> list[float]:
+    """Create the environment, then time `samples` metric pushes to the `env.scale` each one causes."""
+    created = stack.http.post("/api/v1/environments", json={"config": "pushed"})
+    created.raise_for_status()
+    envid = int(created.json()["envid"])
+    wait_for(lambda: _environment(stack, envid).get("policy_status") == "ACTIVE", 60, "the environment ACTIVE")
+    one = stack.zone(0)
+    guests = [
+        (int(vm.ID), str(one.vm.info(int(vm.ID)).TEMPLATE["CONTEXT"]["CARINA_TOKEN"]))
+        for vm in stack.zone_vms(0, envid)
+    ]
+    scale_seen: list[float] = []
+    nc = await nats.connect(stack.dev.operator_nats_url)
     try:
-        stack = Stack(dev)
-        stack.upload_config(LATENCY_CONFIG % {"zone1": dev.zone_url(0), "max": samples + 3})
-        created = stack.http.post("/api/v1/environments", json={"config": "pushed"})
-        created.raise_for_status()
-        envid = int(created.json()["envid"])
-        deadline = time.monotonic() + 60
-        while stack.http.get(f"/api/v1/environments/{envid}").json().get("policy_status") != "ACTIVE":
-            if time.monotonic() > deadline:
-                raise TimeoutError("environment not ACTIVE after 60 s")
-            await asyncio.sleep(0.1)
-        one = pyone.OneServer(dev.zone_url(0), session="oneadmin:onesim")
-        guests = []
-        for vm in one.vmpool.infoextended(-2, -1, -1, -1).VM or []:
-            if str(vm.USER_TEMPLATE.get("CARINA_ENVID")) == str(envid):
-                token = one.vm.info(int(vm.ID)).TEMPLATE["CONTEXT"]["CARINA_TOKEN"]
-                guests.append((int(vm.ID), str(token)))
-        scale_seen: list[float] = []
-        nc = await nats.connect(dev.operator_nats_url)
 
         async def on_scale(msg: Any) -> None:
             scale_seen.append(time.monotonic())
 
         await nc.subscribe("env.scale", cb=on_scale)
 
-        async with httpx.AsyncClient(base_url=dev.gateway_url, timeout=10) as guest_http:
+        async with httpx.AsyncClient(base_url=stack.dev.gateway_url, timeout=10) as guest_http:
 
             async def push(load: float) -> None:
-                await asyncio.gather(*(guest_http.put("/vm", content=f"CPU_LOAD = {load}\n",
-                                                      headers={"X-ONEGATE-TOKEN": token, "X-ONEGATE-VMID": str(vm)})
-                                       for vm, token in guests))
+                await asyncio.gather(
+                    *(
+                        guest_http.put(
+                            "/vm",
+                            content=f"CPU_LOAD = {load}\n",
+                            headers={"X-ONEGATE-TOKEN": token, "X-ONEGATE-VMID": str(vm)},
+                        )
+                        for vm, token in guests
+                    )
+                )
 
             latencies = []
             rng = random.Random(6)
@@ -235,30 +319,28 @@ async def bench_latency(samples: int) -> None:
                     await asyncio.sleep(0.005)
                 if len(scale_seen) > before:
                     latencies.append(scale_seen[before] - pushed)
-        if latencies:
-            out(f"metric push (PUT /vm) -> env.scale, 1 s tick, period 1: median {statistics.median(latencies):.2f} s, "
-                f"min {min(latencies):.2f} s, max {max(latencies):.2f} s over {len(latencies)} samples")
-        else:
-            out("metric push -> env.scale: no scale command seen")
+        return latencies
     finally:
-        if nc is not None:
-            await nc.close()
-        dev.stop()
+        await nc.close()
+
+
+def _environment(stack: Stack, envid: int) -> dict[str, Any]:
+    return dict(stack.http.get(f"/api/v1/environments/{envid}").json())
 
 
 async def _wait_idle(stack: Stack, envid: int) -> None:
-    deadline = time.monotonic() + 30
-    while stack.http.get(f"/api/v1/environments/{envid}").json().get("job") is not None:
-        if time.monotonic() > deadline:
-            raise TimeoutError("operation still running after 30 s")
-        await asyncio.sleep(0.05)
+    # In a thread: the event loop keeps receiving `env.scale` while this polls.
+    await asyncio.to_thread(
+        wait_for, lambda: _environment(stack, envid).get("job") is None, 30, "the operation to finish", 0.05
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=int, default=10_000, help="environments for the pure engine")
-    parser.add_argument("--store-envs", type=int, default=10_000,
-                        help="environments stored in the MongoDB-wire server (0 skips)")
+    parser.add_argument(
+        "--store-envs", type=int, default=10_000, help="environments stored in the MongoDB-wire server (0 skips)"
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="evaluations at once (CARINA_POLICY_CONCURRENCY)")
     parser.add_argument("--samples", type=int, default=10, help="metric push samples (0 skips)")
     args = parser.parse_args()

@@ -26,6 +26,8 @@ LOCK="$STATE_DIR/balance.lock"
 POLL_INTERVAL="${CARINA_POLL_INTERVAL:-5}"
 HTTP_TIMEOUT=10
 
+# log ... report_status are also in tomcat.sh, on purpose: a context script is the one file a VM fetches and runs
+# (and this one copies itself for ssh mode), so it sources nothing. Change both together.
 log() { echo "balance.sh: $*" >&2; }
 
 # The context file defines CARINA_URL, CARINA_TOKEN, VMID, ENVID, SERVICE_NAME, IP, BALANCE_PORT, ...

@@ -21,6 +21,8 @@ set -u
 STATE_DIR="${CARINA_STATE_DIR:-/var/lib/carina}"
 HTTP_TIMEOUT=10
 
+# log ... report_status are also in balance.sh, on purpose: a context script is the one file a VM fetches and runs,
+# so it sources nothing. Change both together.
 log() { echo "tomcat.sh: $*" >&2; }
 
 load_context() {

@@ -88,6 +88,11 @@ class ServiceConfig(BaseModel):
     max_memory: int = Field(ge=0, description="quota of memory across all pools, MiB")
 
 
+#: The `configs` document holding the global configuration: the gateway writes it (admin upload); the scheduler,
+#: envmgr and the policy service read it.
+GLOBAL_CONFIG_ID = "global:config"
+
+
 class GlobalConfigError(ValidationFailed):
     """The global configuration was refused; `problems` holds `(key path, message)` pairs."""
 

@@ -16,7 +16,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from libs.common import subjects as s
 
@@ -370,14 +370,26 @@ class GuestReport(Message):
 
 
 class PolicyTick(Message):
-    """The policy ticker's beat: evaluate every environment's policies now."""
+    """The policy ticker's beat: evaluate the policies of one shard of the environments now.
+
+    Each beat is split into `shards` messages (environments whose id modulo `shards` is `shard`), so that the
+    replicas sharing the durable consumer share a tick's work.
+    """
 
     SUBJECT: ClassVar[str] = s.POLICY_TICK
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, description="the tick period's number (wall-clock seconds // tick interval)")
+    shard: int = Field(0, ge=0, description="which environments: those whose envid % shards == shard")
+    shards: int = Field(1, ge=1, le=1024, description="how many messages this beat is split into")
     at: datetime = Field(default_factory=utcnow)
 
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> PolicyTick:
+        if self.shard >= self.shards:
+            raise ValueError(f"shard {self.shard} is not below shards {self.shards}")
+        return self
+
     def msg_id(self) -> str:
-        return f"policy.tick:{self.seq}"
+        return f"policy.tick:{self.seq}:{self.shard}/{self.shards}"
 
 
 class PolicyDecision(Message):
@@ -477,7 +489,7 @@ def example_payloads() -> dict[str, dict[str, Any]]:
         VmMetrics(envid=18, slot="18:slave:0", one_id=1605, values={"CPU_LOAD": 55.0}, at=at),
         GuestReport(envid=18, slot="18:master", incarnation=1, one_id=1604, kind="vmstatus",
                     params={"newip": "10.1.0.5", "name": "tomcat-18-m"}, at=at),
-        PolicyTick(seq=42, at=at),
+        PolicyTick(seq=42, shard=3, shards=8, at=at),
         PolicyDecision(envid=18, policy="elasticity", action="scaleup", reason="avgcpu > 50 for 4 evaluations",
                        inputs={"avgcpu": 72.0, "numvms": 3}, expressions={"scaleup_expr": "avgcpu[72.0] > 50"}, at=at),
         EnvEvent(envid=18, seq=12, status="MASTER_INIT_DONE", policy_status="INIT",

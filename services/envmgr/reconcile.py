@@ -217,7 +217,7 @@ class _Ctx:
         """A fresh incarnation for slave `index`. Slots already gone are not loaded, so the environment keeps the
         highest number handed out: reusing one would name an existing slot document and create nothing."""
         handed_out = dict(self.env.get("slave_incarnations") or {})
-        loaded = [s["incarnation"] for s in self.slots.values() if s["role"] == "slave" and s["index"] == index]
+        loaded = [int(s["incarnation"]) for s in self.slots.values() if s["role"] == "slave" and s["index"] == index]
         inc = 1 + max([int(handed_out.get(str(index), 0)), *loaded])
         handed_out[str(index)] = inc
         self.set_env(slave_incarnations=handed_out)

@@ -22,11 +22,10 @@ from libs.common.bus import Bus
 from libs.common.crashpoints import crashpoint
 from libs.common.db import Doc, Store
 from libs.common.errors import TransientError
+from libs.common.globalconfig import GLOBAL_CONFIG_ID
 from libs.common.messages import utcnow
 from services.envmgr import metrics
 from services.envmgr.reconcile import Plan, Scheduling, Timing, env_event, plan_env
-
-GLOBAL_CONFIG_ID = "global:config"  # written by the gateway (admin upload), read by the scheduler and here
 
 log = logging.getLogger("carina.envmgr")
 

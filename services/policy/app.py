@@ -1,7 +1,8 @@
 """Policy wiring: the ticker (one at a time, under a lease) and the evaluation workers.
 
-The ticker publishes `policy.tick` every `tick_interval`; workers (all replicas, sharing the durable consumer)
-evaluate every active environment's policies on each tick and when new metrics arrive, and record each decision.
+The ticker publishes `policy.tick` every `tick_interval`, split into `tick_shards` messages (environments by envid
+modulo); workers (all replicas, sharing the durable consumer, so they share each tick's shards) evaluate the
+active environments of their shard, and an environment at once when new metrics arrive, and record each decision.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ async def setup(ctx: ServiceContext) -> None:
                     if await lease.try_acquire_or_renew():
                         renewed_at = time.monotonic()
                         if due:
-                            await ctx.bus.publish(PolicyTick(seq=period))
+                            shards = settings.tick_shards
+                            for shard in range(shards):
+                                await ctx.bus.publish(PolicyTick(seq=period, shard=shard, shards=shards))
                             last_published = period
                     else:
                         renewed_at = 0.0  # a standby: try again at the next period or renewal time

@@ -20,3 +20,7 @@ class Settings(ServiceSettings):
                                     "written back (its latest decision refreshed) at most this often")
     evaluation_timeout: float = Field(5.0, gt=0, description="deadline of one environment's evaluation on a tick")
     concurrency: int = Field(8, ge=1, le=256, description="environments evaluated at once")
+    tick_shards: int = Field(8, ge=1, le=1024, description="each tick is split into this many messages (environments "
+                             "by envid modulo), which the policy replicas share")
+    scheduler_config_cache_seconds: float = Field(5.0, ge=0, description="how long the scheduler's global "
+                                                  "configuration, read for headroom, is reused")

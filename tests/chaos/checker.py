@@ -2,6 +2,7 @@
 
 Classifies every accepted create (Jepsen-style): ok (READY/ACTIVE), failed with a reason, or lost; and checks the
 zones for duplicate VMs (two VMs for one slot) and orphans (a VM tagged as Carina's that no live slot wants).
+Also the configuration the chaos tests' stacks share (`chaos_config`).
 """
 
 from __future__ import annotations
@@ -9,12 +10,28 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pymongo
 import pyone
 
-from libs.devstack.stack import SERVICES, DevStack
+from libs.devstack.stack import SERVICES, DevStack, StackConfig
+
+
+def chaos_config(var: Path, *, call_timeout: str, provision_retry: str) -> StackConfig:
+    """A test stack's configuration for the chaos tests: envmgr resyncs every 2 s and gives a VM 90 s to run and a
+    master 90 s to initialise; the provisioner's call timeout and envmgr's provision retries are the test's."""
+    return StackConfig.for_tests(
+        var,
+        service_env={
+            "CARINA_PROVISIONER_CALL_TIMEOUT": call_timeout,
+            "CARINA_ENVMGR_PROVISION_RETRY": provision_retry,
+            "CARINA_ENVMGR_RESYNC_INTERVAL": "2",
+            "CARINA_ENVMGR_VM_RUNNING_TIMEOUT": "90",
+            "CARINA_ENVMGR_MASTER_INIT_TIMEOUT": "90",
+        },
+    )
 
 
 @dataclass
@@ -62,8 +79,11 @@ def check(dev: DevStack, envids: list[int], service: str = "demo", expect_vms: i
     zone_vms: list[Any] = []
     for index in range(len(dev.config.zone_ports)):
         one = pyone.OneServer(dev.zone_url(index), session=dev.config.zone_credentials)
-        zone_vms += [vm for vm in (one.vmpool.infoextended(-2, -1, -1, -1).VM or [])
-                     if vm.USER_TEMPLATE.get("CARINA_SERVICE") == service]
+        zone_vms += [
+            vm
+            for vm in (one.vmpool.infoextended(-2, -1, -1, -1).VM or [])
+            if vm.USER_TEMPLATE.get("CARINA_SERVICE") == service
+        ]
     per_slot = Counter(str(vm.USER_TEMPLATE.get("CARINA_SLOT")) for vm in zone_vms)
     duplicates = {slot: n for slot, n in per_slot.items() if n > 1}
     if duplicates:

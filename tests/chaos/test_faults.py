@@ -22,11 +22,11 @@ from pathlib import Path
 import nats
 import pytest
 
-from libs.devstack.stack import DevStack, StackConfig
+from libs.devstack.stack import DevStack
 from libs.onesim.control import SimControl
-from tests.chaos.checker import check, restart_dead, settle
+from tests.chaos.checker import chaos_config, check, restart_dead, settle
 from tests.chaos.test_kill_services import accept_create
-from tests.e2e.conftest import E2E_CONFIG, Stack
+from tests.e2e.conftest import Stack, running_stack
 
 PER_POINT = int(os.environ.get("CARINA_CHAOS_PER_POINT", "8"))
 CRASH_POINTS = [
@@ -40,20 +40,8 @@ CRASH_POINTS = [
 
 @pytest.fixture
 def fault_stack(tmp_path: Path) -> Iterator[Stack]:
-    dev = DevStack(StackConfig.for_tests(tmp_path / "stack", service_env={
-        "CARINA_PROVISIONER_CALL_TIMEOUT": "3",
-        "CARINA_ENVMGR_PROVISION_RETRY": "8",
-        "CARINA_ENVMGR_RESYNC_INTERVAL": "2",
-        "CARINA_ENVMGR_VM_RUNNING_TIMEOUT": "90",
-        "CARINA_ENVMGR_MASTER_INIT_TIMEOUT": "90",
-    }))
-    dev.start()
-    try:
-        stack = Stack(dev)
-        stack.upload_config(E2E_CONFIG % {"zone1": dev.zone_url(0), "zone2": dev.zone_url(1)})
+    with running_stack(chaos_config(tmp_path / "stack", call_timeout="3", provision_retry="8")) as stack:
         yield stack
-    finally:
-        dev.stop()
 
 
 class Watchdog(threading.Thread):

@@ -22,8 +22,9 @@ import pymongo
 import pyone
 import pytest
 
-from libs.devstack.stack import SERVICES, DevStack, StackConfig
-from tests.e2e.conftest import E2E_CONFIG, Stack
+from libs.devstack.stack import SERVICES, DevStack
+from tests.chaos.checker import chaos_config, restart_dead
+from tests.e2e.conftest import Stack, running_stack
 
 CREATES = int(os.environ.get("CARINA_CHAOS_CREATES", "50"))
 KILL_EVERY = 5.0
@@ -31,21 +32,8 @@ KILL_EVERY = 5.0
 
 @pytest.fixture
 def chaos_stack(tmp_path: Path) -> Iterator[Stack]:
-    config = StackConfig.for_tests(tmp_path / "stack", service_env={
-        "CARINA_PROVISIONER_CALL_TIMEOUT": "5",
-        "CARINA_ENVMGR_PROVISION_RETRY": "10",
-        "CARINA_ENVMGR_RESYNC_INTERVAL": "2",
-        "CARINA_ENVMGR_VM_RUNNING_TIMEOUT": "90",
-        "CARINA_ENVMGR_MASTER_INIT_TIMEOUT": "90",
-    })
-    dev = DevStack(config)
-    dev.start()
-    try:
-        stack = Stack(dev)
-        stack.upload_config(E2E_CONFIG % {"zone1": dev.zone_url(0), "zone2": dev.zone_url(1)})
+    with running_stack(chaos_config(tmp_path / "stack", call_timeout="5", provision_retry="10")) as stack:
         yield stack
-    finally:
-        dev.stop()
 
 
 class Killer(threading.Thread):
@@ -74,16 +62,20 @@ class Killer(threading.Thread):
 
 def accept_create(stack: Stack, request_id: str, deadline: float) -> int:
     """POST until the gateway accepts (a client retrying with the same idempotency key)."""
+    last = "no answer"
     while time.monotonic() < deadline:
         try:
-            answer = stack.http.post("/api/v1/environments", json={"config": "web", "request_id": request_id},
-                                     timeout=10)
+            answer = stack.http.post(
+                "/api/v1/environments", json={"config": "web", "request_id": request_id}, timeout=10
+            )
             if answer.status_code == 202:
                 return int(answer.json()["envid"])
-        except httpx.HTTPError:
-            pass
+            last = f"{answer.status_code} {answer.text[:300]}"
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}: {exc}"
         time.sleep(0.3)
-    raise AssertionError(f"create {request_id} never accepted")
+    gateway = "\n".join(stack.dev.procs["gateway"].lines[-20:])
+    raise AssertionError(f"create {request_id} never accepted; last answer: {last}\ngateway log:\n{gateway}")
 
 
 def test_random_kills_lose_nothing_duplicate_nothing_orphan_nothing(chaos_stack: Stack) -> None:
@@ -103,10 +95,7 @@ def test_random_kills_lose_nothing_duplicate_nothing_orphan_nothing(chaos_stack:
         killer.stop_event.set()
         killer.join(timeout=30)
     assert not killer.errors, killer.errors
-    # Every service runs again (a killed one may still be restarting).
-    for service in SERVICES:
-        if not dev.procs[service].running:
-            dev.start_service(service)
+    restart_dead(dev)  # every service runs again (a killed one may still be restarting)
 
     db = pymongo.MongoClient(dev.mongodb_url)["carina"]
     settle_deadline = time.monotonic() + 180
@@ -125,8 +114,11 @@ def test_random_kills_lose_nothing_duplicate_nothing_orphan_nothing(chaos_stack:
             assert env.get("failed") and env["failed"].get("reason"), f"env {env['_id']} failed without reason"
 
     one = pyone.OneServer(dev.zone_url(0), session="oneadmin:onesim")
-    zone_vms = [vm for vm in (one.vmpool.infoextended(-2, -1, -1, -1).VM or [])
-                if vm.USER_TEMPLATE.get("CARINA_SERVICE") == "demo"]
+    zone_vms = [
+        vm
+        for vm in (one.vmpool.infoextended(-2, -1, -1, -1).VM or [])
+        if vm.USER_TEMPLATE.get("CARINA_SERVICE") == "demo"
+    ]
     per_slot = Counter(str(vm.USER_TEMPLATE.get("CARINA_SLOT")) for vm in zone_vms)
     duplicates = {slot: n for slot, n in per_slot.items() if n > 1}
     assert not duplicates, f"slots with more than one VM: {duplicates}"

@@ -12,121 +12,72 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pymongo
-import pyone
 import pytest
 import yaml
 
 from libs.devstack.stack import DevStack, StackConfig
 from libs.onesim.control import SimControl, selector
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, config_text, quick_environment, running_stack, wait_for
 
 TICK = 1.0
-T = TypeVar("T")
 
-POLICY_CONFIG = """
-endpoints:
-  zone1: {url: "%(zone1)s", credentials: "oneadmin:onesim"}
-  zone2: {url: "%(zone2)s", credentials: "oneadmin:onesim"}
-templates:
-  small:
-    file: example.vm
-    cpu: 0.5
-    memory: 256
-    network_id: {zone1: 0, zone2: 0}
-    image_id: {zone1: 0, zone2: 0}
-environments:
-  elastic:
-    endpoint: zone1
-    master_template: small
-    master_setup_time: 0
-    slave_template: small
-    num_slaves: 1
-    slavedata: "8080"
-    elasticity_policy:
-      mode: auto
-      min: 2
-      max: 3
-      period: 1
-      scaleup_expr: avgcpu > 50
-      scaledown_expr: avgcpu < 20
-      cooldown_down: 0
-  advisor:
-    endpoint: zone2
-    master_template: small
-    master_setup_time: 0
-    slave_template: small
-    num_slaves: 1
-    slavedata: "8080"
-    elasticity_policy:
-      mode: auto
-      min: 2
-      max: 3
-      period: 1
-      scaleup_expr: avgcpu > 50
-      scaledown_expr: avgcpu < 20
-      recommend_only: true
-  healer:
-    endpoint: zone2
-    master_template: small
-    master_setup_time: 0
-    slave_template: small
-    num_slaves: 2
-    slavedata: "8080"
-    availability_policy:
-      period: 1
-      recreate_expr: nummissing > 0 || numunknown > 0 || numfailed > 0
-  # The seeds' active/passive pair (seed 001 "Availability Policies"); the passive window covers every day so the
-  # test does not depend on the weekday it runs on.
-  tomcat_ha_active:
-    endpoint: zone1
-    placement_policy: pack
-    master_template: small
-    master_setup_time: 0
-    slave_template: small
-    num_slaves: 2
-    slavedata: "8080"
-    availability_policy:
-      period: 3
-      recreate_expr: nummissing > 0 || numunknown > 0 || numfailed > 0
-      failover_role: active
-      failover_group: tomcat-ha
-      failover_expr: (numunknown + nummissing + numfail)/numvms > 0.50
-      failback_expr: numunknown == 0
-  tomcat_ha_passive:
-    endpoint: zone2
-    master_template: small
-    master_setup_time: 0
-    slave_template: small
-    num_slaves: 0
-    slavedata: "8080"
-    availability_policy:
-      period: 3
-      failover_role: passive
-      failover_group: tomcat-ha
-    elasticity_policy:
-      mode: time-based
-      windows:
-        all: {spec: Sun-Sat 0000-2359, min: 4}
-"""
+ELASTICITY = {
+    "mode": "auto",
+    "min": 2,
+    "max": 3,
+    "period": 1,
+    "scaleup_expr": "avgcpu > 50",
+    "scaledown_expr": "avgcpu < 20",
+}
+RECREATE = "nummissing > 0 || numunknown > 0 || numfailed > 0"
+
+POLICY_ENVIRONMENTS: dict[str, dict[str, Any]] = {
+    "elastic": quick_environment("zone1", 1, elasticity_policy={**ELASTICITY, "cooldown_down": 0}),
+    # The same policy, recommend-only.
+    "advisor": quick_environment("zone2", 1, elasticity_policy={**ELASTICITY, "recommend_only": True}),
+    "healer": quick_environment("zone2", 2, availability_policy={"period": 1, "recreate_expr": RECREATE}),
+    # The seeds' active/passive pair (seed 001 "Availability Policies"); the passive window covers every day so the
+    # test does not depend on the weekday it runs on.
+    "tomcat_ha_active": quick_environment(
+        "zone1",
+        2,
+        placement_policy="pack",
+        availability_policy={
+            "period": 3,
+            "recreate_expr": RECREATE,
+            "failover_role": "active",
+            "failover_group": "tomcat-ha",
+            "failover_expr": "(numunknown + nummissing + numfail)/numvms > 0.50",
+            "failback_expr": "numunknown == 0",
+        },
+    ),
+    "tomcat_ha_passive": quick_environment(
+        "zone2",
+        0,
+        availability_policy={"period": 3, "failover_role": "passive", "failover_group": "tomcat-ha"},
+        elasticity_policy={"mode": "time-based", "windows": {"all": {"spec": "Sun-Sat 0000-2359", "min": 4}}},
+    ),
+}
+
+
+def policy_config(dev: DevStack) -> str:
+    return config_text(dev, POLICY_ENVIRONMENTS)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config = StackConfig.for_tests(tmp_path_factory.mktemp("policy-stack"))
-    config.service_env = {"CARINA_POLICY_TICK_INTERVAL": str(TICK), "CARINA_POLICY_LEASE_TTL": "3",
-                          "CARINA_PROVISIONER_MONITOR_INTERVAL": "0.3"}
+    config.service_env = {
+        "CARINA_POLICY_TICK_INTERVAL": str(TICK),
+        "CARINA_POLICY_LEASE_TTL": "3",
+        "CARINA_PROVISIONER_MONITOR_INTERVAL": "0.3",
+    }
     config.zone_args = [*config.zone_args, "--monitor-seconds", "0.3"]
-    dev = DevStack(config)
-    dev.start()
-    try:
-        s = Stack(dev)
-        s.upload_config(POLICY_CONFIG % {"zone1": dev.zone_url(0), "zone2": dev.zone_url(1)})
+    with running_stack(config, policy_config) as s:
         yield s
-    finally:
-        dev.stop()
 
 
 @pytest.fixture(scope="module")
@@ -139,29 +90,22 @@ def db(stack: Stack) -> Iterator[Any]:
 # --- helpers --------------------------------------------------------------------------------------------------------
 
 
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: float = 0.1,
-             explain: Callable[[], str] | None = None) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            detail = f"\n{explain()}" if explain else ""
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
-        time.sleep(every)
-
-
 def explain_env(stack: Stack, db: Any, envid: int, zone: int) -> Callable[[], str]:
     """What Carina and the zone hold for an environment, for a timeout's message."""
+
     def explain() -> str:
         env = env_doc(db, envid)
         keep = ("status", "policy_status", "op", "failed", "desired_slaves", "notify", "master_incarnation")
-        slots = [{k: s.get(k) for k in ("role", "index", "one_id", "lifecycle", "live", "phase", "guest")}
-                 for s in db.slots.find({"envid": envid}).sort("_id", 1)]
-        vms = [(int(vm.ID), int(vm.STATE), int(vm.LCM_STATE)) for vm in zone_vms(stack, zone, envid)]
-        return (f"env: { {k: env.get(k) for k in keep} }\nslots: {slots}\nzone VMs (id, state, lcm): {vms}\n"
-                f"decisions: {[(d.get('action'), (d.get('vm') or {}).get('vmid')) for d in decisions(db, envid)]}")
+        slots = [
+            {k: s.get(k) for k in ("role", "index", "one_id", "lifecycle", "live", "phase", "guest")}
+            for s in db.slots.find({"envid": envid}).sort("_id", 1)
+        ]
+        vms = [(int(vm.ID), int(vm.STATE), int(vm.LCM_STATE)) for vm in stack.zone_vms(zone, envid)]
+        return (
+            f"env: { {k: env.get(k) for k in keep} }\nslots: {slots}\nzone VMs (id, state, lcm): {vms}\n"
+            f"decisions: {[(d.get('action'), (d.get('vm') or {}).get('vmid')) for d in decisions(db, envid)]}"
+        )
+
     return explain
 
 
@@ -171,16 +115,9 @@ def create(stack: Stack, name: str) -> int:
     return int(re.search(r"envid (\d+)", created.stdout).group(1))  # type: ignore[union-attr]
 
 
-def zone_vms(stack: Stack, zone: int, envid: int) -> list[Any]:
-    """The environment's VMs as the zone itself reports them (anything not DONE)."""
-    one = pyone.OneServer(stack.dev.zone_url(zone), session="oneadmin:onesim")
-    return [vm for vm in (one.vmpool.infoextended(-2, -1, -1, -1).VM or [])
-            if str(vm.USER_TEMPLATE.get("CARINA_ENVID")) == str(envid)]
-
-
 def running_in_zone(stack: Stack, zone: int, envid: int) -> int | None:
     """How many VMs the environment has in the zone, if all of them are RUNNING (state 3, LCM 3)."""
-    vms = zone_vms(stack, zone, envid)
+    vms = stack.zone_vms(zone, envid)
     return len(vms) if all(int(vm.STATE) == 3 and int(vm.LCM_STATE) == 3 for vm in vms) else None
 
 
@@ -190,8 +127,11 @@ def env_doc(db: Any, envid: int) -> dict[str, Any]:
 
 def settled(db: Any, envid: int, vms: int, zone: int, stack: Stack) -> bool:
     """No operation running, `vms` live slots, and exactly `vms` VMs RUNNING in the zone."""
-    return (env_doc(db, envid).get("op") is None and db.slots.count_documents({"envid": envid, "live": True}) == vms
-            and running_in_zone(stack, zone, envid) == vms)
+    return (
+        env_doc(db, envid).get("op") is None
+        and db.slots.count_documents({"envid": envid, "live": True}) == vms
+        and running_in_zone(stack, zone, envid) == vms
+    )
 
 
 def decisions(db: Any, envid: int, **match: Any) -> list[dict[str, Any]]:
@@ -221,8 +161,11 @@ def test_load_scales_up_after_the_sustain_period_and_back_down_to_min(stack: Sta
     # Idle guests: the policy records why it does nothing, with the CPU it saw.
     zone1.set_load(selector(envid=elastic), kind="constant", cpu=30)
     zone2.set_load(selector(envid=advisor), kind="constant", cpu=30)
-    wait_for(lambda: decisions(db, elastic, reason={"$regex": "neither scaleup_expr nor scaledown_expr"}), 15,
-             "a 'none' decision while the load is between the thresholds")
+    wait_for(
+        lambda: decisions(db, elastic, reason={"$regex": "neither scaleup_expr nor scaledown_expr"}),
+        15,
+        "a 'none' decision while the load is between the thresholds",
+    )
 
     loaded = time.monotonic()
     zone1.set_load(selector(envid=elastic), kind="constant", cpu=85)
@@ -233,8 +176,9 @@ def test_load_scales_up_after_the_sustain_period_and_back_down_to_min(stack: Sta
     up = decisions(db, elastic, action="scaleup")
     assert len(up) == 1, up
     assert up[0]["source"] == "auto:scaleup_expr" and up[0]["inputs"]["counter"] == 2  # held > period 1
-    assert up[0]["inputs"]["avgcpu"] > 50 and re.fullmatch(r"avgcpu\[[\d.]+\] > 50", up[0]["expressions"][
-        "scaleup_expr"])
+    assert up[0]["inputs"]["avgcpu"] > 50 and re.fullmatch(
+        r"avgcpu\[[\d.]+\] > 50", up[0]["expressions"]["scaleup_expr"]
+    )
     # The condition held on two tick periods before acting: never sooner than one tick after the load rose.
     waits = decisions(db, elastic, reason={"$regex": r"held on 1 consecutive"})
     assert waits and waits[-1]["at"] < up[0]["at"]
@@ -284,28 +228,41 @@ def test_vms_lost_behind_carinas_back_are_recreated_without_over_provisioning(st
         vmid = int(victim["one_id"])
         inject(vmid)
         sid, states = victim["_id"], [state, "DONE"]
-        wait_for(lambda: db.slots.find_one({"_id": sid, "lifecycle": {"$in": states}}), 10,  # noqa: B023
-                 f"Carina to see {role} vm {vmid} {state}")
+        wait_for(
+            lambda: db.slots.find_one({"_id": sid, "lifecycle": {"$in": states}}),  # noqa: B023
+            10,
+            f"Carina to see {role} vm {vmid} {state}",
+        )
         seen = time.monotonic()
-        recreate = wait_for(lambda: decisions(db, healer, action="recreate", **{"vm.vmid": vmid}), 15,  # noqa: B023
-                            f"recreate of {role} vm {vmid}")
+        recreate = wait_for(
+            lambda: decisions(db, healer, action="recreate", **{"vm.vmid": vmid}),  # noqa: B023
+            15,
+            f"recreate of {role} vm {vmid}",
+        )
         waited = time.monotonic() - seen
         # True on more than `period` evaluations, one per tick: within two ticks of the period.
         assert waited <= (period + 2) * TICK + 0.5, f"recreate of vm {vmid} took {waited:.1f} s"
         assert recreate[0]["vm"]["role"] == role and recreate[0]["inputs"]["numvms"] == 3
         assert recreate[0]["expressions"]["recreate_expr"].count("[1.0]") == 1
         wait_for(lambda: settled(db, healer, 3, 1, stack), 30, f"3 running VMs after replacing vm {vmid}")
-        assert vmid not in {int(vm.ID) for vm in zone_vms(stack, 1, healer)}
+        assert vmid not in {int(vm.ID) for vm in stack.zone_vms(1, healer)}
     # Two at once (the master among them): the master is recreated first; envmgr cannot finish that recreate
     # while a slave is broken, so the policy then recovers the environment (every broken VM replaced at once).
     master, slave = slot_vm(db, healer, "master"), slot_vm(db, healer, "slave", 1)
     zone.unknown_vm(int(master["one_id"]))
     zone.delete_vm(int(slave["one_id"]))
-    first = wait_for(lambda: decisions(db, healer, action="recreate", **{"vm.vmid": int(master["one_id"])}), 15,
-                     "the master recreated first")
+    first = wait_for(
+        lambda: decisions(db, healer, action="recreate", **{"vm.vmid": int(master["one_id"])}),
+        15,
+        "the master recreated first",
+    )
     assert first[0]["inputs"]["numunknown"] + first[0]["inputs"]["nummissing"] == 2
-    wait_for(lambda: settled(db, healer, 3, 1, stack) and env_doc(db, healer).get("failed") is None, 40,
-             "3 running VMs after the double fault", explain=explain_env(stack, db, healer, 1))
+    wait_for(
+        lambda: settled(db, healer, 3, 1, stack) and env_doc(db, healer).get("failed") is None,
+        40,
+        "3 running VMs after the double fault",
+        explain=explain_env(stack, db, healer, 1),
+    )
     # Exactly the desired count afterwards, in Carina and in the zone, and it stays so; the new master knows
     # every slave (the load balancer was told `add` for each).
     time.sleep(3 * TICK)
@@ -317,8 +274,10 @@ def test_vms_lost_behind_carinas_back_are_recreated_without_over_provisioning(st
 def assert_master_knows_its_slaves(stack: Stack, db: Any, envid: int, zone: int) -> None:
     master = slot_vm(db, envid, "master")
     members = SimControl(stack.dev.zone_url(zone)).guest_record(int(master["one_id"]))["members"]
-    slave_ips = {(s.get("guest") or {}).get("ip") or s.get("ip")
-                 for s in db.slots.find({"envid": envid, "live": True, "role": "slave"})}
+    slave_ips = {
+        (s.get("guest") or {}).get("ip") or s.get("ip")
+        for s in db.slots.find({"envid": envid, "live": True, "role": "slave"})
+    }
     assert set(members) == slave_ips, (members, slave_ips)
 
 
@@ -330,8 +289,8 @@ def test_host_failure_fails_the_pair_over_and_back(stack: Stack, db: Any) -> Non
     time.sleep(2 * TICK)
     assert running_in_zone(stack, 1, passive) == 1, "a PASSIVE environment does not scale by its window"
 
-    one = pyone.OneServer(stack.dev.zone_url(0), session="oneadmin:onesim")
-    hosts = {int(one.vm.info(int(vm.ID)).HISTORY_RECORDS.HISTORY[-1].HID) for vm in zone_vms(stack, 0, active)}
+    one = stack.zone(0)
+    hosts = {int(one.vm.info(int(vm.ID)).HISTORY_RECORDS.HISTORY[-1].HID) for vm in stack.zone_vms(0, active)}
     assert len(hosts) == 1, f"placement 'pack' puts the pair's active side on one host, got {hosts}"
     host = hosts.pop()
     zone1 = SimControl(stack.dev.zone_url(0))
@@ -351,8 +310,12 @@ def test_host_failure_fails_the_pair_over_and_back(stack: Stack, db: Any) -> Non
     assert decisions(db, active, action="failback")
     wait_for(lambda: env_doc(db, passive)["policy_status"] == "PASSIVE", 5, "the twin PASSIVE again")
     wait_for(lambda: settled(db, passive, 1, 1, stack), 40, "the twin shrunk back to its master")
-    wait_for(lambda: settled(db, active, 3, 0, stack) and env_doc(db, active).get("failed") is None, 40,
-             "the active side with its 3 running VMs", explain=explain_env(stack, db, active, 0))
+    wait_for(
+        lambda: settled(db, active, 3, 0, stack) and env_doc(db, active).get("failed") is None,
+        40,
+        "the active side with its 3 running VMs",
+        explain=explain_env(stack, db, active, 0),
+    )
     assert_master_knows_its_slaves(stack, db, active, 0)
     remove(stack, active)
     remove(stack, passive)
@@ -361,32 +324,62 @@ def test_host_failure_fails_the_pair_over_and_back(stack: Stack, db: Any) -> Non
 # --- validation -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("key", "block", "path", "problem"), [
-    ("elasticity_policy",
-     {"mode": "auto", "min": 1, "max": 3, "scaleup_expr": "avgcpux > 50", "scaledown_expr": "avgcpu < 20"},
-     "environments.bad.elasticity_policy.scaleup_expr", "unknown variable 'avgcpux' at column 1"),
-    ("elasticity_policy",
-     {"mode": "auto", "min": 1, "max": 3, "scaleup_expr": "avgcpu >> 50", "scaledown_expr": "avgcpu < 20"},
-     "environments.bad.elasticity_policy.scaleup_expr", "unexpected token '>' at column 9"),
-    ("availability_policy", {"period": 2, "recreate_expr": "numbroken > 0"},
-     "environments.bad.availability_policy", "unknown variable 'numbroken'"),
-    ("elasticity_policy",
-     {"mode": "auto", "min": 4, "max": 2, "scaleup_expr": "avgcpu > 50", "scaledown_expr": "avgcpu < 20"},
-     "environments.bad.elasticity_policy", "min (4) must not be greater than max (2)"),
-    ("elasticity_policy",
-     {"mode": "time-based", "windows": {"day": {"spec": "Mon-Fri 0800-1800", "min": 3},
-                                        "lunch": {"spec": "Mon-Fri 1200-1300", "min": 4}}},
-     "environments.bad.elasticity_policy", "'day' (Mon-Fri 0800-1800) and 'lunch' (Mon-Fri 1200-1300) overlap"),
-])
-def test_bad_policies_are_refused_at_upload(stack: Stack, key: str, block: dict[str, Any], path: str,
-                                            problem: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "block", "path", "problem"),
+    [
+        (
+            "elasticity_policy",
+            {"mode": "auto", "min": 1, "max": 3, "scaleup_expr": "avgcpux > 50", "scaledown_expr": "avgcpu < 20"},
+            "environments.bad.elasticity_policy.scaleup_expr",
+            "unknown variable 'avgcpux' at column 1",
+        ),
+        (
+            "elasticity_policy",
+            {"mode": "auto", "min": 1, "max": 3, "scaleup_expr": "avgcpu >> 50", "scaledown_expr": "avgcpu < 20"},
+            "environments.bad.elasticity_policy.scaleup_expr",
+            "unexpected token '>' at column 9",
+        ),
+        (
+            "availability_policy",
+            {"period": 2, "recreate_expr": "numbroken > 0"},
+            "environments.bad.availability_policy",
+            "unknown variable 'numbroken'",
+        ),
+        (
+            "elasticity_policy",
+            {"mode": "auto", "min": 4, "max": 2, "scaleup_expr": "avgcpu > 50", "scaledown_expr": "avgcpu < 20"},
+            "environments.bad.elasticity_policy",
+            "min (4) must not be greater than max (2)",
+        ),
+        (
+            "elasticity_policy",
+            {
+                "mode": "time-based",
+                "windows": {
+                    "day": {"spec": "Mon-Fri 0800-1800", "min": 3},
+                    "lunch": {"spec": "Mon-Fri 1200-1300", "min": 4},
+                },
+            },
+            "environments.bad.elasticity_policy",
+            "'day' (Mon-Fri 0800-1800) and 'lunch' (Mon-Fri 1200-1300) overlap",
+        ),
+    ],
+)
+def test_bad_policies_are_refused_at_upload(
+    stack: Stack, key: str, block: dict[str, Any], path: str, problem: str
+) -> None:
     before = stack.http.get("/api/v1/config").json()
-    document = yaml.safe_load(POLICY_CONFIG % {"zone1": stack.dev.zone_url(0), "zone2": stack.dev.zone_url(1)})
-    document["environments"]["bad"] = {"endpoint": "zone1", "master_template": "small", "slave_template": "small",
-                                       "num_slaves": 1, key: block}
-    answer = stack.http.put("/api/v1/config", content=yaml.safe_dump(document),
-                            headers={"Content-Type": "application/yaml"})
+    document = yaml.safe_load(policy_config(stack.dev))
+    document["environments"]["bad"] = {
+        "endpoint": "zone1",
+        "master_template": "small",
+        "slave_template": "small",
+        "num_slaves": 1,
+        key: block,
+    }
+    answer = stack.http.put(
+        "/api/v1/config", content=yaml.safe_dump(document), headers={"Content-Type": "application/yaml"}
+    )
     assert answer.status_code == 422, answer.text
     assert path in answer.text and problem in answer.text, answer.text
     assert stack.http.get("/api/v1/config").json() == before, "a refused upload changes nothing"
-

@@ -28,6 +28,8 @@ class VmEventHandlers:
                 fields[key] = value
         if msg.lifecycle == "RUNNING":
             fields["running_seen_at"] = msg.at
+        if msg.cpu is not None or msg.memory is not None:
+            fields["usage_at"] = msg.at  # the policy service ignores a usage sample older than its metric_max_age
         result = await self.store.slots.update_one(
             {"_id": msg.slot, "incarnation": msg.incarnation,
              "$or": [{"observed_at": None}, {"observed_at": {"$lte": msg.at}}]},

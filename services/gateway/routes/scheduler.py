@@ -19,7 +19,7 @@ from pymongo.errors import DuplicateKeyError
 from libs.common.carina_import import convert_global_rb
 from libs.common.db import Doc, Store
 from libs.common.errors import ConflictError
-from libs.common.globalconfig import GlobalConfig
+from libs.common.globalconfig import GLOBAL_CONFIG_ID, GlobalConfig
 from libs.common.messages import utcnow
 from services.gateway import schemas
 from services.gateway.deps import (
@@ -44,7 +44,6 @@ log = logging.getLogger("carina.gateway.scheduler")
 
 router = APIRouter(prefix="/api/v1/scheduler", tags=["global scheduler"])
 
-GLOBAL_CONFIG_ID = "global:config"  # the scheduler service reads exactly this document
 ACTIVE = ("PEND", "ALLOCATED")
 _GLOBAL_RB = re.compile(r"^\s*(SHAREDPOOLS|SERVICES)\s*=\s*\{", re.MULTILINE)
 NOT_CONFIGURED = ("the global scheduler is not configured (an administrator uploads it: "

@@ -5,9 +5,11 @@ pushed), so a reaction takes the policy's sustain time plus well under a second 
 The engine (`services.policy.engine`) is pure; this module is its I/O shell:
 
 - the view: live VM slots counted by health (MISSING, UNKNOWN, FAILED), `avgcpu`/`avgmem` from zone monitoring
-  over RUNNING VMs, guest-pushed metrics averaged over the VMs that reported within `metric_max_age` (stale
-  samples are ignored), whether an operation runs (or a command we sent is not yet visible), and the failover
-  partners;
+  over RUNNING VMs and guest-pushed metrics averaged over the VMs that reported, both within `metric_max_age`
+  (stale samples are ignored), whether an operation runs (or a command we sent is not yet visible), the failover
+  partners, and the scheduler's headroom for one more slave (`libs.common.capacity`) when it arbitrates the
+  service, so that a scale-up never asks beyond what it would grant;
+- sharing: each tick comes as `tick_shards` messages (environments by envid modulo) that the replicas share;
 - evaluation periods: a policy's `period` counts ticks (Carina: "true on more than `period` evaluations, one every
   60 s"). Metric arrivals evaluate at once, but all evaluations that fall in the same tick period replace each
   other — each starts again from the state the period began with — so a burst of metric pushes reacts sooner
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -38,6 +41,8 @@ from pydantic import ValidationError
 from pymongo.errors import DuplicateKeyError
 
 from libs.common.bus import Delivery
+from libs.common.capacity import headroom
+from libs.common.globalconfig import GLOBAL_CONFIG_ID, GlobalConfig, GlobalConfigError
 from libs.common.messages import (
     EnvFailback,
     EnvFailover,
@@ -57,14 +62,16 @@ from services.policy.settings import Settings
 log = logging.getLogger("carina.policy")
 
 DECISIONS = Counter("carina_policy_decisions_total", "Policy decisions, by policy and action", ["policy", "action"])
-EVAL_SECONDS = Histogram("carina_policy_tick_duration_seconds", "Evaluating every environment on one tick",
+EVAL_SECONDS = Histogram("carina_policy_tick_duration_seconds", "Evaluating one shard of a tick",
                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 SKIPPED_TICKS = Counter("carina_policy_ticks_skipped_total", "Ticks not evaluated because a newer one was due")
 UNHEALTHY = {"MISSING": "MISSING", "DONE": "MISSING", "UNKNOWN": "UNKNOWN", "FAILED": "FAILED"}
 EVALUATED = ("READY", "ACTIVE", "PASSIVE", "FAILED")
 KEEP_RECENT = 20
 BATCH = 500
-SLOT_FIELDS = {"envid": 1, "role": 1, "index": 1, "lifecycle": 1, "one_id": 1, "cpu": 1, "memory": 1}
+SLOT_FIELDS = {"envid": 1, "role": 1, "index": 1, "lifecycle": 1, "one_id": 1, "cpu": 1, "memory": 1, "usage_at": 1,
+               "observed_at": 1}
+REQUEST_FIELDS = {"status": 1, "service": 1, "pool": 1, "vcpus": 1, "memory": 1, "kind": 1}
 Trigger = Literal["tick", "metrics", "manual"]
 
 _NUMBERS = re.compile(r"\d+(\.\d+)?")
@@ -79,6 +86,7 @@ class Prefetched:
     metrics: list[dict[str, Any]]
     state: dict[str, Any] | None
     partners: list[dict[str, Any]]
+    capacity: Capacity
 
 
 @dataclass
@@ -86,6 +94,14 @@ class _Batch:
     slots: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     metrics: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     states: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The scheduler's configuration and active ledger entries, as read for headroom (None: no configuration)."""
+
+    config: GlobalConfig | None = None
+    requests: tuple[dict[str, Any], ...] = ()
 
 
 class Evaluator:
@@ -96,11 +112,13 @@ class Evaluator:
         self.settings = settings
         self.store = ctx.store
         self._locks: dict[int, asyncio.Lock] = {}
+        self._scheduler_config: GlobalConfig | None = None
+        self._config_read_at = 0.0
 
     # --- triggers ---------------------------------------------------------------------------------------------------
 
     async def on_tick(self, msg: PolicyTick, delivery: Delivery) -> None:
-        """`policy.tick`: evaluate every environment, unless a newer tick is already due (we fell behind)."""
+        """`policy.tick`: evaluate the tick's shard of the environments, unless a newer tick is already due."""
         if utcnow() - msg.at > timedelta(seconds=self.settings.tick_interval * 1.5):
             SKIPPED_TICKS.inc()
             return
@@ -115,7 +133,7 @@ class Evaluator:
         heartbeat = asyncio.create_task(keep_alive())
         try:
             with EVAL_SECONDS.time():
-                await self.evaluate_all()
+                await self.evaluate_all(shard=msg.shard, shards=msg.shards)
         finally:
             heartbeat.cancel()
 
@@ -123,38 +141,49 @@ class Evaluator:
         """`vm.metrics`: a guest pushed metrics; evaluate its environment now."""
         await self.evaluate(msg.envid, trigger="metrics")
 
-    async def evaluate_all(self, now: datetime | None = None) -> int:
-        """Evaluate every environment that has a policy. Returns how many were evaluated.
+    async def evaluate_all(self, now: datetime | None = None, shard: int = 0, shards: int = 1) -> int:
+        """Evaluate every environment of a shard that has a policy. Returns how many were evaluated.
+
+        Args:
+            now: the evaluation time (tests); defaults to the current time.
+            shard: which environments: those whose envid modulo `shards` is `shard`.
+            shards: into how many parts the tick was split.
 
         Reads in batches (environments, their slots, metrics and policy states, `batch` environments per query)
         so that a tick costs a few queries per batch plus one compare-and-set per environment whose state changed.
         """
-        query = {"active": True, "policy_status": {"$in": list(EVALUATED)},
-                 "$or": [{"spec.config.elasticity_policy": {"$ne": None}},
-                         {"spec.config.availability_policy": {"$ne": None}}]}
+        query: dict[str, Any] = {"active": True, "policy_status": {"$in": list(EVALUATED)},
+                                 "$or": [{"spec.config.elasticity_policy": {"$ne": None}},
+                                         {"spec.config.availability_policy": {"$ne": None}}]}
+        if shards > 1:
+            query["_id"] = {"$mod": [shards, shard]}
         envs = [e async for e in self.store.envs.find(query)]
+        # Failover partners may sit in other shards: the members of every group are read whole (groups are few).
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for env in envs:
-            group = (env["spec"]["config"].get("availability_policy") or {}).get("failover_group")
-            if group:
-                groups.setdefault((env["service"], group), []).append(env)
+        if any(_group_of(env) for env in envs):
+            members = self.store.envs.find({"active": True, "spec.config.availability_policy.failover_group":
+                                            {"$nin": [None, ""]}}, {"service": 1, "policy_status": 1, "spec": 1})
+            async for member in members:
+                groups.setdefault((member["service"], str(_group_of(member))), []).append(member)
         semaphore = asyncio.Semaphore(self.settings.concurrency)
         evaluated = 0
         for first in range(0, len(envs), BATCH):
             batch = envs[first:first + BATCH]
             prefetched = await self._prefetch([int(e["_id"]) for e in batch])
-            await asyncio.gather(*(self._evaluate_known(env, prefetched, groups, semaphore, now) for env in batch))
+            capacity = await self.capacity()  # after the slots: every VM they show has its grant in this ledger
+            await asyncio.gather(*(self._evaluate_known(env, prefetched, groups, capacity, semaphore, now)
+                                   for env in batch))
             evaluated += len(batch)
         return evaluated
 
     async def _evaluate_known(self, env: dict[str, Any], prefetched: _Batch,
-                              groups: dict[tuple[str, str], list[dict[str, Any]]], semaphore: asyncio.Semaphore,
-                              now: datetime | None) -> None:
+                              groups: dict[tuple[str, str], list[dict[str, Any]]], capacity: Capacity,
+                              semaphore: asyncio.Semaphore, now: datetime | None) -> None:
         envid = int(env["_id"])
-        group = (env["spec"]["config"].get("availability_policy") or {}).get("failover_group")
+        group = _group_of(env)
         partners = [p for p in groups.get((env["service"], group), []) if p["_id"] != envid] if group else []
         known = Prefetched(env=env, slots=prefetched.slots.get(envid, []), metrics=prefetched.metrics.get(envid, []),
-                           state=prefetched.states.get(envid), partners=partners)
+                           state=prefetched.states.get(envid), partners=partners, capacity=capacity)
         async with semaphore:
             try:
                 # One environment whose command cannot be published (broker trouble, a missing permission) must
@@ -166,6 +195,34 @@ class Evaluator:
                                                                   "timeout_s": self.settings.evaluation_timeout})
             except Exception:  # noqa: BLE001 - one broken environment must not stop the others
                 log.exception("policy evaluation failed", extra={"envid": envid})
+
+    async def capacity(self, service: str | None = None, zone: str | None = None) -> Capacity:
+        """The scheduler's configuration and its active ledger entries (of `service` and of `zone`'s pools, if given).
+
+        The ledger is read fresh every time and must be read after the slots it is compared with: a VM is created
+        only once its grant is in the ledger, so the headroom never counts a VM's capacity as free. The
+        configuration changes rarely and is reused for `scheduler_config_cache_seconds`.
+        """
+        now = time.monotonic()
+        config = self._scheduler_config
+        if not self._config_read_at or now - self._config_read_at >= self.settings.scheduler_config_cache_seconds:
+            config = None
+            doc = await self.store.configs.find_one({"_id": GLOBAL_CONFIG_ID})
+            if doc is not None:
+                try:
+                    config = GlobalConfig.parse(doc.get("doc"))
+                except GlobalConfigError as exc:
+                    log.warning("stored scheduler configuration unreadable; no headroom applied",
+                                extra={"reason": str(exc)[:300]})
+            self._scheduler_config, self._config_read_at = config, now
+        if config is None or not config.services or (service is not None and service not in config.services):
+            return Capacity(config=config)
+        query: dict[str, Any] = {"status": {"$in": ["PEND", "ALLOCATED"]}}
+        if service is not None:
+            pools = [name for name, pool in config.pools.items() if zone is None or pool.zone == zone]
+            query["$or"] = [{"service": service}, {"pool": {"$in": pools}}]
+        requests = tuple([r async for r in self.store["requests"].find(query, REQUEST_FIELDS)])
+        return Capacity(config=config, requests=requests)
 
     async def _prefetch(self, envids: list[int]) -> _Batch:
         batch = _Batch()
@@ -255,6 +312,7 @@ class Evaluator:
                        + list(state_doc.get("recent") or []))[:KEEP_RECENT],
             "latest": latest,
             "updated_at": now,
+            "evaluated_by": self.ctx.instance,
             "envid": envid,
             "service": env.get("service"),
         }
@@ -277,33 +335,14 @@ class Evaluator:
             slots = known.slots
         else:
             slots = [s async for s in self.store.slots.find({"envid": envid, "live": True}, SLOT_FIELDS)]
-        counts = {"MISSING": 0, "UNKNOWN": 0, "FAILED": 0}
-        unhealthy: list[VmRef] = []
-        cpus: list[float] = []
-        mems: list[float] = []
-        for slot in slots:
-            lifecycle = slot.get("lifecycle")
-            health = UNHEALTHY.get(str(lifecycle))
-            if health is not None and slot.get("one_id") is not None:
-                counts[health] += 1
-                unhealthy.append(VmRef(role=slot["role"], state=health, vmid=slot.get("one_id"), slot=slot["_id"],
-                                       index=None if slot["role"] == "master" else slot["index"]))
-            if lifecycle == "RUNNING":
-                if slot.get("cpu") is not None:
-                    cpus.append(float(slot["cpu"]))
-                if slot.get("memory") is not None:
-                    mems.append(float(slot["memory"]))
-        metrics: dict[str, float] = {}
-        if cpus:
-            metrics["avgcpu"] = round(sum(cpus) / len(cpus), 2)
-        if mems:
-            metrics["avgmem"] = round(sum(mems) / len(mems), 2)
+        usage_cutoff = utcnow() - timedelta(seconds=self.settings.metric_max_age)
+        counts, unhealthy, metrics = _health_and_usage(slots, usage_cutoff)
         live = {s["_id"] for s in slots}
         if known is not None:
             metrics.update(_average_metrics(known.metrics, live))
         else:
             metrics.update(await self._guest_metrics(envid, live))
-        group = ((env["spec"]["config"].get("availability_policy") or {}).get("failover_group"))
+        group = _group_of(env)
         partners: list[Partner] = []
         if group:
             if known is not None:
@@ -318,11 +357,15 @@ class Evaluator:
                     "failover_role")
                 partners.append(Partner(envid=int(other["_id"]), role=role, policy_status=other["policy_status"]))
         outstanding = int(plan["remaining"]) if plan and plan.get("direction") == "up" else 0
+        capacity = known.capacity if known is not None else await self.capacity(env["service"], env.get("zone"))
+        slave = env["spec"].get("slave") or env["spec"]["master"]
+        room = headroom(capacity.config, capacity.requests, str(env["service"]), str(env.get("zone", "")),
+                        float(slave.get("cpu") or 0), int(slave.get("memory") or 0))
         return EnvironmentView(
             envid=envid, policy_status=env["policy_status"], num_vms=len(slots),
             nummissing=counts["MISSING"], numunknown=counts["UNKNOWN"], numfailed=counts["FAILED"],
             unhealthy=tuple(unhealthy), metrics=metrics, busy=env.get("op") is not None or busy_extra,
-            outstanding=outstanding, partners=tuple(partners),
+            outstanding=outstanding, headroom=room, partners=tuple(partners),
             base_vms=1 + int(env["spec"]["config"].get("num_slaves", 0) or 0),
             failed_operation=(env.get("failed") or {}).get("type"),
         )
@@ -388,6 +431,44 @@ class Evaluator:
         return [EnvScale(envid=envid, direction=direction, requested_by="policy",
                          reason=f"continuing {plan['source']}: {plan['reason']}"[:500],
                          request_id=f"policy-{stamp}")], ({**plan, "remaining": remaining} if remaining else None)
+
+
+def _health_and_usage(slots: list[dict[str, Any]], usage_cutoff: datetime
+                      ) -> tuple[dict[str, int], list[VmRef], dict[str, float]]:
+    """The live slots counted by health, the unhealthy ones, and `avgcpu`/`avgmem` from zone monitoring.
+
+    Usage is averaged over RUNNING VMs whose sample is not older than `usage_cutoff`: a zone that stopped
+    answering must not leave a VM's last CPU reading steering the elasticity policy.
+    """
+    counts = {"MISSING": 0, "UNKNOWN": 0, "FAILED": 0}
+    unhealthy: list[VmRef] = []
+    cpus: list[float] = []
+    mems: list[float] = []
+    for slot in slots:
+        lifecycle = slot.get("lifecycle")
+        health = UNHEALTHY.get(str(lifecycle))
+        if health is not None and slot.get("one_id") is not None:
+            counts[health] += 1
+            unhealthy.append(VmRef(role=slot["role"], state=health, vmid=slot.get("one_id"), slot=slot["_id"],
+                                   index=None if slot["role"] == "master" else slot["index"]))
+        sampled_at = slot.get("usage_at") or slot.get("observed_at")
+        if lifecycle == "RUNNING" and isinstance(sampled_at, datetime) and sampled_at >= usage_cutoff:
+            if slot.get("cpu") is not None:
+                cpus.append(float(slot["cpu"]))
+            if slot.get("memory") is not None:
+                mems.append(float(slot["memory"]))
+    metrics: dict[str, float] = {}
+    if cpus:
+        metrics["avgcpu"] = round(sum(cpus) / len(cpus), 2)
+    if mems:
+        metrics["avgmem"] = round(sum(mems) / len(mems), 2)
+    return counts, unhealthy, metrics
+
+
+def _group_of(env: dict[str, Any]) -> str | None:
+    """The environment's failover group, if it has one."""
+    group = ((env.get("spec") or {}).get("config", {}).get("availability_policy") or {}).get("failover_group")
+    return str(group) if group else None
 
 
 def _still_awaiting(awaiting: dict[str, Any] | None, env: dict[str, Any], now: datetime,

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from libs.common.bus import Delivery, Lease
-from libs.common.globalconfig import GlobalConfig
+from libs.common.globalconfig import GLOBAL_CONFIG_ID, GlobalConfig
 from libs.common.messages import PoolCancel, PoolGrant, PoolReclaim, PoolRelease, PoolRequest, utcnow
 from libs.common.runner import ServiceContext
 from services.scheduler import metrics
@@ -25,7 +25,6 @@ from services.scheduler.settings import Settings
 
 log = logging.getLogger("carina.scheduler")
 
-GLOBAL_CONFIG_ID = "global:config"
 
 
 class LedgerHandlers:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.policy.engine import Decision, EnvironmentView
-from services.policy.handlers.evaluate import Evaluator, _noteworthy, _steady, _still_awaiting
+from services.policy.handlers.evaluate import Evaluator, _health_and_usage, _noteworthy, _steady, _still_awaiting
 
 NOW = datetime(2026, 1, 5, 12, tzinfo=UTC)
 ENV: dict[str, Any] = {"_id": 7, "version": 4, "policy_status": "ACTIVE", "spec": {"config": {}}}
@@ -69,3 +69,22 @@ def test_a_state_is_steady_when_only_its_evaluation_time_moved() -> None:
     assert _steady(before, {"scale_counter": 0, "last_eval": "b"})
     assert not _steady(before, {"scale_counter": 1, "last_eval": "b"})
     assert not _steady(None, {"scale_counter": 0})
+
+
+def test_zone_usage_counts_only_running_vms_with_a_fresh_sample() -> None:
+    fresh, stale = NOW - timedelta(seconds=5), NOW - timedelta(seconds=500)
+    slots = [
+        {"_id": "m", "role": "master", "index": 0, "one_id": 1, "lifecycle": "RUNNING", "cpu": 80.0, "memory": 100,
+         "usage_at": fresh},
+        {"_id": "s0", "role": "slave", "index": 0, "one_id": 2, "lifecycle": "RUNNING", "cpu": 40.0, "memory": 300,
+         "usage_at": fresh},
+        # The zone stopped reporting this one long ago: its last reading must not count.
+        {"_id": "s1", "role": "slave", "index": 1, "one_id": 3, "lifecycle": "RUNNING", "cpu": 0.0, "usage_at": stale},
+        {"_id": "s2", "role": "slave", "index": 2, "one_id": 4, "lifecycle": "UNKNOWN", "cpu": 99.0, "usage_at": fresh},
+    ]
+    counts, unhealthy, usage = _health_and_usage(slots, NOW - timedelta(seconds=120))
+    assert usage == {"avgcpu": 60.0, "avgmem": 200.0}
+    assert counts == {"MISSING": 0, "UNKNOWN": 1, "FAILED": 0}
+    assert [(vm.slot, vm.index) for vm in unhealthy] == [("s2", 2)]
+    # Nothing fresh at all: no avgcpu rather than a stale or zero one, so `avgcpu > 50` has no value to act on.
+    assert _health_and_usage(slots[2:3], NOW - timedelta(seconds=120))[2] == {}
