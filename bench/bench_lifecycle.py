@@ -4,6 +4,10 @@ Runs the real processes (`libs.devstack.stack`) with the simulated zone's boot a
 environments of a master + 2 slaves (master_setup_time 0) through the REST API, and times each one from the POST
 to the "environment READY" event on NATS (`events.env.<envid>`). Prints figures; asserts nothing.
 
+Besides time, it prints MongoDB round trips per environment, by service and command (from each service's
+`carina_db_commands_total`): on the embedded MongoDB-wire server those dominate throughput, and unlike seconds they
+do not depend on the machine.
+
     .venv/bin/python bench/bench_lifecycle.py [--samples 30] [--burst 200]
 """
 
@@ -20,11 +24,46 @@ from pathlib import Path
 
 import httpx
 import nats
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.devstack.stack import DevStack, StackConfig  # noqa: E402
+from libs.devstack.procs import free_port  # noqa: E402
+from libs.devstack.stack import SERVICES, DevStack, StackConfig  # noqa: E402
 from tests.e2e.conftest import E2E_CONFIG, Stack  # noqa: E402
+
+Counts = dict[tuple[str, str], float]
+
+
+def scrape(probe_urls: dict[str, str]) -> tuple[Counts, Counts]:
+    """From each service's /metrics: ((service, collection.command) → MongoDB commands sent so far,
+    (service, subject) → messages handled so far)."""
+    commands: Counts = {}
+    messages: Counts = {}
+    for service, url in probe_urls.items():
+        for family in text_string_to_metric_families(httpx.get(url, timeout=5).text):
+            for sample in family.samples:
+                if sample.name == "carina_db_commands_total":
+                    collection, command = sample.labels["collection"], sample.labels["command"]
+                    key = (service, command if collection == "-" else f"{collection}.{command}")
+                    commands[key] = commands.get(key, 0.0) + sample.value
+                elif sample.name == "carina_messages_total":
+                    key = (service, sample.labels["subject"])
+                    messages[key] = messages.get(key, 0.0) + sample.value
+    return commands, messages
+
+
+def print_per_environment(title: str, before: Counts, after: Counts, envs: int) -> None:
+    per_service: dict[str, dict[str, float]] = {}
+    for key, value in after.items():
+        spent = value - before.get(key, 0.0)
+        if spent:
+            per_service.setdefault(key[0], {})[key[1]] = spent / envs
+    total = sum(sum(counts.values()) for counts in per_service.values())
+    print(f"{title} per environment (create → READY): {total:.1f}")
+    for service, counts in sorted(per_service.items(), key=lambda item: -sum(item[1].values())):
+        detail = ", ".join(f"{name} {n:.1f}" for name, n in sorted(counts.items(), key=lambda item: -item[1]))
+        print(f"  {service:<12} {sum(counts.values()):5.1f}   ({detail})")
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -36,6 +75,9 @@ async def run(samples: int, burst: int) -> None:
     var = Path(tempfile.mkdtemp(prefix="carina-bench-"))
     config = StackConfig.for_tests(var, service_env={"CARINA_PROVISIONER_MONITOR_FAST_INTERVAL": "0.05",
                                                      "CARINA_ENVMGR_CONCURRENCY": "32"})
+    probe_ports = {service: free_port() for service in SERVICES}
+    config.service_env.update({f"CARINA_{name.upper()}_PROBE_PORT": str(port) for name, port in probe_ports.items()})
+    probe_urls = {service: f"http://127.0.0.1:{port}/metrics" for service, port in probe_ports.items()}
     config.zone_args = ["--boot-seconds", "0", "--guest-seconds", "0", "--guest-poll-seconds", "0.05",
                         "--monitor-seconds", "5", "--shutdown-seconds", "0", "--sched-seconds", "0",
                         "--host-cpu", "100000", "--host-memory", "10000000"]
@@ -75,18 +117,23 @@ async def run(samples: int, burst: int) -> None:
             await wait_ready([envid], 30)
             if envid in ready:
                 latencies.append((ready[envid] - started) * 1000)
+        before = scrape(probe_urls)
         started = time.perf_counter()
         created = await asyncio.gather(*(create() for _ in range(burst)))
         accepted_in = time.perf_counter() - started
         await wait_ready([e for e, _ in created], 600)
         elapsed = time.perf_counter() - started
         done = sum(1 for e, _ in created if e in ready)
+        await asyncio.sleep(1)  # let the last READY's writes land before counting
+        after = scrape(probe_urls)
         print("create→READY latency, master + 2 slaves, zero simulated delays "
               f"({len(latencies)} sequential creates):")
         print(f"  p50 {statistics.median(latencies):.0f} ms   p95 {percentile(latencies, 95):.0f} ms   "
               f"min {min(latencies):.0f} ms   max {max(latencies):.0f} ms")
         print(f"sustained creates: {burst} submitted at once (accepted in {accepted_in:.1f} s), {done} READY in "
               f"{elapsed:.1f} s → {done / elapsed:.1f} environments/s ({3 * done / elapsed:.0f} VMs/s)")
+        print_per_environment("MongoDB round trips", before[0], after[0], done or 1)
+        print_per_environment("NATS messages handled", before[1], after[1], done or 1)
         await client.aclose()
         await nc.drain()
     finally:

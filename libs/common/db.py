@@ -14,6 +14,7 @@ MongoDB is the source of truth (DESIGN.md §2); each collection has one owning s
 | policy_state | policy               | counters and last evaluations per environment                     |
 | decisions    | policy               | the audit of policy decisions                                     |
 | metrics      | callback             | latest guest-pushed metrics per VM                                |
+| provision_claims | provisioner      | who is creating a slot's VM right now (expires on its own)        |
 
 Writes of shared documents use compare-and-set on a `version` field (`cas_update`): a writer that lost the race
 reloads and retries, so concurrent replicas never overwrite each other's progress. We never rely on multi-document
@@ -32,8 +33,10 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnD
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
+from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 from pymongo.write_concern import WriteConcern
 
+from libs.common import metrics
 from libs.common.errors import ConflictError, NotFoundError, StartupError
 
 log = logging.getLogger("carina.db")
@@ -62,7 +65,24 @@ INDEXES: dict[str, list[IndexModel]] = {
     "policy_state": [],
     "decisions": [IndexModel([("envid", ASCENDING), ("at", DESCENDING)])],
     "metrics": [IndexModel([("envid", ASCENDING)])],
+    # Expired provisioning claims are removed by MongoDB's TTL monitor (a successful claim is never released).
+    "provision_claims": [IndexModel([("until", ASCENDING)], expireAfterSeconds=0)],
 }
+
+
+class _CommandCounter(CommandListener):
+    """Counts round trips per collection and command: the machine-independent cost of an operation."""
+
+    def started(self, event: CommandStartedEvent) -> None:
+        target = event.command.get("collection" if event.command_name == "getMore" else event.command_name)
+        collection = target if isinstance(target, str) else "-"
+        metrics.DB_COMMANDS_TOTAL.labels(collection=collection, command=event.command_name).inc()
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        metrics.DB_COMMAND_SECONDS.labels(command=event.command_name).observe(event.duration_micros / 1e6)
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        metrics.DB_COMMAND_SECONDS.labels(command=event.command_name).observe(event.duration_micros / 1e6)
 
 
 class Store:
@@ -81,6 +101,7 @@ class Store:
             connectTimeoutMS=2000,
             retryWrites=True,
             tz_aware=True,
+            event_listeners=[_CommandCounter()],
         )
         # Majority + journal: an acknowledged write survives a primary failover (RELIABILITY.md B2).
         self.db: AsyncDatabase[Doc] = self.client.get_database(

@@ -424,6 +424,8 @@ class EnvEvent(Message):
     jobid: int | None = None
     job_status: str | None = None
     app_url: str | None = None
+    notify_seq: int | None = Field(None, ge=0, description="number of the master's latest add/delete notification "
+                                                           "(lets a waiting master's long poll skip other events)")
     at: datetime = Field(default_factory=utcnow)
 
     def subject(self) -> str:

@@ -25,3 +25,14 @@ PUBLISH_TOTAL = Counter(
     ["subject", "result"],
 )
 READY = Gauge("carina_ready", "1 when the service is ready (dependencies reachable, consumers running)")
+DB_COMMANDS_TOTAL = Counter(
+    "carina_db_commands_total",
+    "MongoDB commands sent (round trips), by collection and command",
+    ["collection", "command"],
+)
+DB_COMMAND_SECONDS = Histogram(
+    "carina_db_command_duration_seconds",
+    "MongoDB command round-trip time, by command",
+    ["command"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)

@@ -748,4 +748,4 @@ def env_event(env: Doc, message: str, job_status: str | None = None) -> EnvEvent
     return EnvEvent(envid=env["_id"], seq=int(env.get("version", 0)), status=str(env.get("status", "")),
                     policy_status=str(env.get("policy_status", "")), message=message[:500],
                     jobid=op.get("jobid") or (env.get("failed") or {}).get("jobid"), job_status=job_status,
-                    app_url=env.get("app_url"))
+                    app_url=env.get("app_url"), notify_seq=int((env.get("notify") or {}).get("seq") or 0))

@@ -49,6 +49,7 @@ class Reconciler:
         self.timing = timing
         self.clock = clock or utcnow
         self._locks: dict[int, asyncio.Lock] = {}
+        self._next_pass: dict[int, asyncio.Future[None]] = {}
         self._timers: dict[int, tuple[datetime, asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -59,24 +60,58 @@ class Reconciler:
         return lock
 
     async def reconcile(self, envid: int) -> None:
-        """Bring one environment a step (or several) closer to its desired state."""
-        async with self._lock(envid):
-            for _ in range(10):
-                started = time.perf_counter()
-                env = await self.store.envs.find_one({"_id": envid})
-                if env is None:
-                    return
-                slots = [s async for s in self.store.slots.find({"envid": envid, "gone": {"$ne": True}})]
-                peers = await self._peers(env)
-                sched = Scheduling(self.account_creates) if env["service"] in await self._scheduled_services() else None
-                plan = plan_env(env, slots, self.clock(), self.timing, peers, sched)
-                applied = await self._apply(env, plan)
-                metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
-                if applied:
-                    self._schedule(envid, plan.wake_at)
-                    return
-                metrics.RECONCILE_CONFLICTS.inc()
-            raise TransientError(f"environment {envid}: too many concurrent updates")
+        """Bring one environment a step (or several) closer to its desired state.
+
+        Calls that arrive while a pass for the same environment is waiting to start share that pass, as a
+        workqueue de-duplicates keys: each caller still gets a pass that begins after its call, so it sees what the
+        caller wrote before calling, but ten `vm.status` messages arriving during a busy pass cost one more pass,
+        not ten. A failure of the shared pass is every sharer's failure (their messages are redelivered).
+        """
+        waiting = self._next_pass.get(envid)
+        if waiting is not None:
+            await asyncio.shield(waiting)
+            return
+        shared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._next_pass[envid] = shared
+        try:
+            async with self._lock(envid):
+                # From here on this pass may have read the environment already: later callers need their own pass.
+                self._stop_sharing(envid, shared)
+                await self._reconcile_now(envid)
+        except BaseException as exc:
+            self._stop_sharing(envid, shared)
+            shared.set_exception(exc if isinstance(exc, Exception)
+                                 else TransientError(f"environment {envid}: reconcile interrupted"))
+            shared.exception()  # marked as retrieved: nobody may be sharing this pass, and that is fine
+            raise
+        else:
+            shared.set_result(None)
+        finally:
+            lock = self._locks.get(envid)
+            if lock is not None and not lock.locked() and envid not in self._next_pass:
+                del self._locks[envid]  # nobody waits for this environment: keep the table small
+
+    def _stop_sharing(self, envid: int, shared: asyncio.Future[None]) -> None:
+        if self._next_pass.get(envid) is shared:
+            del self._next_pass[envid]
+
+    async def _reconcile_now(self, envid: int) -> None:
+        for _ in range(10):
+            started = time.perf_counter()
+            env = await self.store.envs.find_one({"_id": envid})
+            if env is None:
+                return
+            slots = [s async for s in self.store.slots.find({"envid": envid, "gone": {"$ne": True}})]
+            peers = await self._peers(env)
+            sched = Scheduling(self.account_creates) if env["service"] in await self._scheduled_services() else None
+            plan = plan_env(env, slots, self.clock(), self.timing, peers, sched)
+            applied = await self._apply(env, plan)
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+            if applied:
+                self._schedule(envid, plan.wake_at)
+                return
+            metrics.RECONCILE_CONFLICTS.inc()
+        raise TransientError(f"environment {envid}: too many concurrent updates")
 
     async def _scheduled_services(self) -> set[str]:
         """Services the global scheduler arbitrates (those in its configuration); cached for a few seconds."""

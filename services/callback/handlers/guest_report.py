@@ -34,34 +34,39 @@ class GuestReportHandler:
         self.bus = bus
 
     async def __call__(self, msg: GuestReport, delivery: Delivery) -> None:
-        slot = await self.store.slots.find_one({"_id": msg.slot, "incarnation": msg.incarnation, "live": True},
-                                               {"role": 1, "index": 1, "envid": 1})
-        if slot is None:
-            return  # replaced or removed since the gateway checked: nothing to record
-        match = {"_id": msg.slot, "incarnation": msg.incarnation}
+        # Each write is conditioned on the slot still being this live incarnation, so that the check and the write
+        # are one round trip; a report for a replaced or removed VM matches nothing and is dropped.
+        match = {"_id": msg.slot, "incarnation": msg.incarnation, "live": True}
         if msg.kind == "vmstatus":
             fields = {"guest.vm_status": "NET_CONFIG_DONE", "guest.vmstatus_at": msg.at}
             if msg.params.get("newip"):
                 fields["guest.ip"] = msg.params["newip"][:64]
             if msg.params.get("name"):
                 fields["guest.hostname"] = msg.params["name"][:255]
-            await self.store.slots.update_one(match, {"$set": fields})
-            await self.bus.publish(VmGuest(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
-                                           kind="vmstatus", ip=fields.get("guest.ip"),
-                                           hostname=fields.get("guest.hostname"), at=msg.at))
+            if await self._record(match, {"$set": fields}):
+                await self.bus.publish(VmGuest(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
+                                               kind="vmstatus", ip=fields.get("guest.ip"),
+                                               hostname=fields.get("guest.hostname"), at=msg.at))
         elif msg.kind == "appstatus":
-            status = normalise_status(msg.params.get("status", ""), slot)
-            await self.store.slots.update_one(match, {"$set": {"guest.status": status, "guest.status_at": msg.at}})
-            crashpoint("callback.after_record")
-            await self.bus.publish(VmGuest(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
-                                           kind="appstatus", status=status, at=msg.at))
+            status = msg.params.get("status", "")
+            if _EMPTY_SLAVE_ID.match(status.strip()):
+                slot = await self.store.slots.find_one(match, {"role": 1, "index": 1})
+                if slot is None:
+                    return
+                status = normalise_status(status, slot)
+            status = status.strip()[:256]
+            if await self._record(match, {"$set": {"guest.status": status, "guest.status_at": msg.at}}):
+                crashpoint("callback.after_record")
+                await self.bus.publish(VmGuest(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
+                                               kind="appstatus", status=status, at=msg.at))
         elif msg.kind == "notify_ack":
             seq = int(msg.params.get("seq", "0") or 0)
-            await self.store.slots.update_one(match, {"$max": {"guest.acked_seq": seq},
-                                                      "$set": {"guest.acked_at": msg.at}})
-            await self.bus.publish(VmGuest(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
-                                           kind="notify_ack", seq=seq, at=msg.at))
+            if await self._record(match, {"$max": {"guest.acked_seq": seq}, "$set": {"guest.acked_at": msg.at}}):
+                await self.bus.publish(VmGuest(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
+                                               kind="notify_ack", seq=seq, at=msg.at))
         elif msg.kind == "metrics":
+            if await self.store.slots.find_one(match, {"_id": 1}) is None:
+                return
             values = {k: float(v) for k, v in msg.params.items()}
             await self.store["metrics"].update_one(
                 {"_id": msg.slot},
@@ -71,3 +76,8 @@ class GuestReportHandler:
             )
             await self.bus.publish(VmMetrics(envid=msg.envid, slot=msg.slot, one_id=msg.one_id, values=values,
                                              at=msg.at))
+
+    async def _record(self, match: dict[str, Any], update: dict[str, Any]) -> bool:
+        """Apply `update` to the slot if it is still the reporting incarnation; whether it was."""
+        result = await self.store.slots.update_one(match, update)
+        return bool(result.matched_count)

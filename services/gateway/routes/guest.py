@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from typing import Any, Literal
@@ -221,8 +222,13 @@ async def notifications(request: Request, gw: GatewayDep) -> JSONResponse:
     items = _pending(slot, notify)
     if not items and wait > 0 and gw.bus.nc is not None and gw.bus.connected:
         woken = asyncio.Event()
+        known_seq = int(notify.get("seq") or 0)
 
-        async def wake(_: Any) -> None:
+        async def wake(msg: Any) -> None:
+            # Most progress events do not touch the notifications: re-read only when the number changed.
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                if json.loads(msg.data).get("notify_seq") == known_seq:
+                    return
             woken.set()
 
         subscription = await gw.bus.nc.subscribe(f"events.env.{int(env['_id'])}", cb=wake)
@@ -239,7 +245,9 @@ async def notifications(request: Request, gw: GatewayDep) -> JSONResponse:
                 fresh_env = await gw.store.envs.find_one({"_id": env["_id"]}, {"notify": 1, "master_incarnation": 1})
                 if fresh_slot is None or fresh_env is None:
                     break
-                items = _pending(fresh_slot, as_dict(fresh_env.get("notify")))
+                fresh_notify = as_dict(fresh_env.get("notify"))
+                known_seq = int(fresh_notify.get("seq") or 0)
+                items = _pending(fresh_slot, fresh_notify)
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
