@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -51,6 +52,17 @@ def scrape(probe_urls: dict[str, str]) -> tuple[Counts, Counts]:
                     key = (service, sample.labels["subject"])
                     messages[key] = messages.get(key, 0.0) + sample.value
     return commands, messages
+
+
+def cpu_seconds(dev: DevStack) -> dict[str, float]:
+    """CPU time (user + system) each process of the stack has used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name, proc in dev.procs.items():
+        if proc.popen is not None and proc.popen.poll() is None:
+            fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            used[name] = (int(fields[11]) + int(fields[12])) / tick
+    return used
 
 
 def print_per_environment(title: str, before: Counts, after: Counts, envs: int) -> None:
@@ -117,7 +129,7 @@ async def run(samples: int, burst: int) -> None:
             await wait_ready([envid], 30)
             if envid in ready:
                 latencies.append((ready[envid] - started) * 1000)
-        before = scrape(probe_urls)
+        before, cpu_before = scrape(probe_urls), cpu_seconds(dev)
         started = time.perf_counter()
         created = await asyncio.gather(*(create() for _ in range(burst)))
         accepted_in = time.perf_counter() - started
@@ -125,13 +137,16 @@ async def run(samples: int, burst: int) -> None:
         elapsed = time.perf_counter() - started
         done = sum(1 for e, _ in created if e in ready)
         await asyncio.sleep(1)  # let the last READY's writes land before counting
-        after = scrape(probe_urls)
+        after, cpu_after = scrape(probe_urls), cpu_seconds(dev)
         print("create→READY latency, master + 2 slaves, zero simulated delays "
               f"({len(latencies)} sequential creates):")
         print(f"  p50 {statistics.median(latencies):.0f} ms   p95 {percentile(latencies, 95):.0f} ms   "
               f"min {min(latencies):.0f} ms   max {max(latencies):.0f} ms")
         print(f"sustained creates: {burst} submitted at once (accepted in {accepted_in:.1f} s), {done} READY in "
               f"{elapsed:.1f} s → {done / elapsed:.1f} environments/s ({3 * done / elapsed:.0f} VMs/s)")
+        cpu = {name: (cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / (done or 1) for name in cpu_after}
+        print(f"CPU per environment: {sum(cpu.values()):.0f} ms   (" + ", ".join(
+            f"{name} {ms:.0f}" for name, ms in sorted(cpu.items(), key=lambda item: -item[1])) + ")")
         print_per_environment("MongoDB round trips", before[0], after[0], done or 1)
         print_per_environment("NATS messages handled", before[1], after[1], done or 1)
         await client.aclose()
