@@ -65,6 +65,14 @@ def cpu_seconds(dev: DevStack) -> dict[str, float]:
     return used
 
 
+def report_logged_errors(dev: DevStack) -> None:
+    """A benchmark that made a service log an error is not a clean figure: say so, with the first lines."""
+    for name, proc in dev.procs.items():
+        errors = [line for line in proc.lines if '"level": "ERROR"' in line or "Traceback" in line]
+        if errors:
+            print(f"{name} logged {len(errors)} error(s) during the run, first: {errors[0][:400]}")
+
+
 def print_per_environment(title: str, before: Counts, after: Counts, envs: int) -> None:
     per_service: dict[str, dict[str, float]] = {}
     for key, value in after.items():
@@ -117,8 +125,13 @@ async def run(samples: int, burst: int) -> None:
 
         async def wait_ready(envids: list[int], timeout: float) -> None:
             deadline = time.perf_counter() + timeout
+            next_progress = time.perf_counter() + 10
             while any(e not in ready for e in envids) and time.perf_counter() < deadline:
                 await asyncio.sleep(0.005)
+                if time.perf_counter() > next_progress:
+                    done = sum(1 for e in envids if e in ready)
+                    print(f"  … {done}/{len(envids)} READY", file=sys.stderr, flush=True)
+                    next_progress += 10
 
         for _ in range(3):  # warm-up: connections, caches, imports
             envid, _ = await create()
@@ -149,6 +162,7 @@ async def run(samples: int, burst: int) -> None:
             f"{name} {ms:.0f}" for name, ms in sorted(cpu.items(), key=lambda item: -item[1])) + ")")
         print_per_environment("MongoDB round trips", before[0], after[0], done or 1)
         print_per_environment("NATS messages handled", before[1], after[1], done or 1)
+        report_logged_errors(dev)
         await client.aclose()
         await nc.drain()
     finally:

@@ -65,7 +65,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     "policy_state": [],
     "decisions": [IndexModel([("envid", ASCENDING), ("at", DESCENDING)])],
     "metrics": [IndexModel([("envid", ASCENDING)])],
-    # Expired provisioning claims are removed by MongoDB's TTL monitor (a successful claim is never released).
+    # A claim whose holder died before releasing it is removed by MongoDB's TTL monitor once expired.
     "provision_claims": [IndexModel([("until", ASCENDING)], expireAfterSeconds=0)],
 }
 

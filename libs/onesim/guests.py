@@ -58,7 +58,11 @@ class GuestRunner(GuestHooks):
         asyncio.set_event_loop(self.loop)
 
         async def init() -> None:
-            self._client = httpx.AsyncClient(timeout=self.cfg.guest_http_timeout)
+            # No cap on connections: every real guest is its own machine, and each master holds a long poll open.
+            # (httpx's default cap of 100 let 100 waiting masters starve every other guest's report.) Reports are
+            # bounded by the semaphore instead.
+            self._client = httpx.AsyncClient(timeout=self.cfg.guest_http_timeout,
+                                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
             self._sem = asyncio.Semaphore(self.cfg.guest_workers)
 
         self.loop.run_until_complete(init())

@@ -144,6 +144,10 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, record)
+        except asyncio.CancelledError:
+            if code == 500:
+                code = 499  # the client went away before an answer (nginx's code), not a server error
+            raise
         finally:
             route = scope.get("route")
             REQUESTS.labels(route=getattr(route, "path", "unmatched"), method=scope.get("method", ""),

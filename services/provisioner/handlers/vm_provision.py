@@ -13,8 +13,8 @@ Intent was recorded by envmgr (the slot document) before this message was sent. 
 
 Two deliveries of the same command (a redelivery, a duplicate, two replicas) must not both find no VM and both
 allocate one: a handler first claims the slot in the `provision_claims` collection (an insert on the slot id,
-taken over only once the previous claim expired), so lookup-then-allocate runs once at a time per slot. A failed
-attempt releases its claim; a successful one leaves it to expire, since the recorded VM id stops later deliveries.
+taken over only once the previous claim expired), so lookup-then-allocate runs once at a time per slot. A claim
+whose holder died is taken over once it expired, and removed by a TTL index if nobody takes it over.
 """
 
 from __future__ import annotations
@@ -75,19 +75,18 @@ class ProvisionHandler:
         try:
             zone = await self.zones.client(env["service"], slot["endpoint"])
             vm = await self._ensure(zone, env, slot)
-            if self.on_change is not None:
-                self.on_change(env["service"], slot["endpoint"])
-            await self.bus.publish(status_of(msg.envid, slot, slot["zone"], vm))
         except PermanentError as exc:
-            await self._release(msg.slot, holder)
             log.warning("provisioning refused", extra={"reason": str(exc), "slot": msg.slot})
             await self.bus.publish(VmStatus(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
                                             zone=slot["zone"], lifecycle="FAILED", error=str(exc)[:2000]))
-        except BaseException:
-            await self._release(msg.slot, holder)  # let the redelivery claim it at once
-            raise
-        # On success the claim is left to expire (TTL index): the slot's VM id is recorded by envmgr moments later
-        # and ends any later delivery before it claims, so releasing would only cost a write per VM.
+            return
+        finally:
+            # Released at once, success or not: a later delivery for this slot (envmgr asks again while the VM id
+            # is not recorded yet) then adopts the VM by name instead of waiting for the claim to expire.
+            await self._release(msg.slot, holder)
+        if self.on_change is not None:
+            self.on_change(env["service"], slot["endpoint"])
+        await self.bus.publish(status_of(msg.envid, slot, slot["zone"], vm))
 
     async def _release(self, slot_id: str, holder: str) -> None:
         await self.store["provision_claims"].delete_one({"_id": slot_id, "owner": holder})
