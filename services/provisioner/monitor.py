@@ -28,6 +28,11 @@ from services.provisioner.zones import ZoneRegistry
 log = logging.getLogger("carina.provisioner.monitor")
 
 TRANSIENT = {"REQUESTED", "PENDING", "PROLOG", "BOOT", "SHUTDOWN", "EPILOG", "HOLD"}
+# A status the slot does not show yet is sent again after this long, not at every poll: under load the first one
+# is still queued for envmgr, and re-sending it every fast tick would only lengthen that queue.
+REPUBLISH_AFTER = 5.0
+
+Reported = dict[str, tuple[tuple[Any, ...], float]]  # slot id → (what was published, when)
 ORPHANS = Gauge("carina_provisioner_orphan_vms", "VMs tagged CARINA_SLOT with no matching slot", ["zone"])
 POLLS = Counter("carina_provisioner_zone_polls_total", "Zone polls, by zone and result", ["zone", "result"])
 
@@ -66,7 +71,7 @@ class ZoneMonitor:
 
     async def _watch(self, service: str, endpoint: str) -> None:
         lease = Lease(self.ctx.bus, f"monitor.{service}.{endpoint}".replace(" ", "_"), self.ctx.instance, ttl=10)
-        reported: dict[str, tuple[Any, ...]] = {}
+        reported: Reported = {}
         cpu_reported: dict[str, tuple[float, float]] = {}
         tick = 0
         next_full = 0.0
@@ -94,7 +99,7 @@ class ZoneMonitor:
             await lease.release()
             raise
 
-    async def _poll_transient(self, service: str, endpoint: str, reported: dict[str, tuple[Any, ...]]) -> bool:
+    async def _poll_transient(self, service: str, endpoint: str, reported: Reported) -> bool:
         # Booting or terminating: a transient state, or still RUNNING after envmgr retired the slot. The filter is
         # the server's, so that a zone with thousands of running VMs costs one small answer per fast tick.
         query = {"service": service, "endpoint": endpoint, "gone": {"$ne": True},
@@ -123,16 +128,16 @@ class ZoneMonitor:
                                   zone=slot["zone"], one_id=vm.id, lifecycle=vm.lifecycle,
                                   state=vm.state, lcm_state=vm.lcm_state, ip=vm.ip, host=vm.host)
             key = (status.lifecycle, status.ip, status.host, status.one_id)
-            if reported.get(slot["_id"]) != key or slot.get("lifecycle") != status.lifecycle:
+            if _due(reported, slot, status, key):
                 await self.ctx.bus.publish(status)
-                reported[slot["_id"]] = key
+                reported[slot["_id"]] = (key, time.monotonic())
             return status.lifecycle in TRANSIENT or (not slot.get("live") and status.lifecycle not in
                                                      ("DONE", "MISSING"))
 
         results = await asyncio.gather(*(one(s) for s in slots))
         return busy or any(results)
 
-    async def _poll(self, service: str, endpoint: str, reported: dict[str, tuple[Any, ...]],
+    async def _poll(self, service: str, endpoint: str, reported: Reported,
                     cpu_reported: dict[str, tuple[float, float]], with_cpu: bool) -> bool:
         slots = [s async for s in self.ctx.store.slots.find(
             {"service": service, "endpoint": endpoint, "gone": {"$ne": True}},
@@ -177,14 +182,14 @@ class ZoneMonitor:
             key = (status.lifecycle, status.ip, status.host, status.one_id)
             busy = busy or status.lifecycle in TRANSIENT or (not slot.get("live") and status.lifecycle not in
                                                              ("DONE", "MISSING"))
-            changed = reported.get(slot["_id"]) != key or slot.get("lifecycle") != status.lifecycle
+            changed = _due(reported, slot, status, key)
             last_cpu = cpu_reported.get(slot["_id"])
             cpu_due = status.cpu is not None and (
                 last_cpu is None or abs(last_cpu[0] - status.cpu) >= self.settings.cpu_report_delta
                 or now - last_cpu[1] > 30)
             if changed or cpu_due:
                 await self.ctx.bus.publish(status)
-                reported[slot["_id"]] = key
+                reported[slot["_id"]] = (key, now)
                 if status.cpu is not None:
                     cpu_reported[slot["_id"]] = (status.cpu, now)
         return busy
@@ -206,3 +211,12 @@ class ZoneMonitor:
             return None
         return VmStatus(**base, lifecycle=info.lifecycle, state=info.state, lcm_state=info.lcm_state, ip=info.ip,
                         host=info.host)
+
+
+def _due(reported: Reported, slot: dict[str, Any], status: VmStatus, key: tuple[Any, ...]) -> bool:
+    """Whether to publish `status`: the zone shows something new, or the slot still disagrees a while after the
+    last message (it may have been lost, or the provisioner restarted and forgot what it sent)."""
+    last = reported.get(slot["_id"])
+    if last is None or last[0] != key:
+        return True
+    return slot.get("lifecycle") != status.lifecycle and time.monotonic() - last[1] >= REPUBLISH_AFTER
