@@ -74,6 +74,9 @@ class DevStack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.procs: dict[str, Proc] = {}
+        # Start, restart and "start if dead" of one service must not interleave: a test's watchdog thread that
+        # revived a service while the test restarted it left a process nobody would ever stop.
+        self._service_lock = threading.RLock()
         self.secrets: dict[str, Any] = self._secrets()
         self.mongodb_url = config.mongodb_url or f"mongodb://127.0.0.1:{config.mongo_port}/"
 
@@ -157,19 +160,33 @@ class DevStack:
             raise
 
     def start_service(self, service: str, index: int | None = None) -> Proc:
-        index = SERVICES.index(service) if index is None else index
-        proc = Proc(service, [sys.executable, "-m", f"services.{service}"], env=self.service_env(service, index),
-                    ready_pattern=r"service ready", echo=self.config.echo, cwd=str(REPO))
-        self.procs[service] = proc
-        return proc.start(timeout=60)
+        """Start `service` (stopping first a process of it that is still running: never two, never a stray one)."""
+        with self._service_lock:
+            index = SERVICES.index(service) if index is None else index
+            previous = self.procs.get(service)
+            if previous is not None and previous.running:
+                previous.stop(grace=5)
+            proc = Proc(service, [sys.executable, "-m", f"services.{service}"], env=self.service_env(service, index),
+                        ready_pattern=r"service ready", echo=self.config.echo, cwd=str(REPO))
+            self.procs[service] = proc
+            return proc.start(timeout=60)
+
+    def start_if_dead(self, service: str) -> bool:
+        """Start `service` again if its process has exited (a crash test's reviver). Whether it did."""
+        with self._service_lock:
+            if self.procs[service].running:
+                return False
+            self.start_service(service)
+            return True
 
     def kill_service(self, service: str) -> None:
         """SIGKILL one service, as a crash would."""
         self.procs[service].kill()
 
     def restart_service(self, service: str) -> Proc:
-        self.procs[service].stop(grace=5)
-        return self.start_service(service)
+        with self._service_lock:
+            self.procs[service].stop(grace=5)
+            return self.start_service(service)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -46,8 +46,7 @@ class Verdict:
 
 def restart_dead(dev: DevStack) -> None:
     for service in SERVICES:
-        if not dev.procs[service].running:
-            dev.start_service(service)
+        dev.start_if_dead(service)
 
 
 def settle(dev: DevStack, envids: list[int], timeout: float = 180.0) -> None:
