@@ -2,8 +2,9 @@
 
 `vm.status` is recorded on the slot it names — only if it is newer than what the slot already shows, since
 messages from several provisioner replicas or redeliveries may arrive out of order — then the environment is
-reconciled. `vm.guest` carries no state of its own: the callback service already wrote the guest's report on the
-slot, so the message only wakes the environment up.
+reconciled, unless only the VM's usage changed (the periodic CPU and memory reports of every running VM would
+otherwise each cost a reconcile pass). `vm.guest` carries no state of its own: the callback service already wrote
+the guest's report on the slot, so the message only wakes the environment up.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any
 from libs.common.bus import Delivery
 from libs.common.messages import VmGuest, VmStatus
 from services.envmgr.worker import Reconciler
+
+# What envmgr's plan reads of a VM's observed state; usage (cpu, memory) is for the policy service only.
+PLAN_FIELDS = ("lifecycle", "state", "lcm_state", "ip", "host", "one_id", "error", "zone")
 
 
 class VmEventHandlers:
@@ -30,13 +34,19 @@ class VmEventHandlers:
             fields["running_seen_at"] = msg.at
         if msg.cpu is not None or msg.memory is not None:
             fields["usage_at"] = msg.at  # the policy service ignores a usage sample older than its metric_max_age
-        result = await self.store.slots.update_one(
+        before = await self.store.slots.find_one_and_update(
             {"_id": msg.slot, "incarnation": msg.incarnation,
              "$or": [{"observed_at": None}, {"observed_at": {"$lte": msg.at}}]},
             {"$set": fields},
+            projection=dict.fromkeys(PLAN_FIELDS, 1),
         )
-        if result.matched_count:
-            await self.r.reconcile(msg.envid)
+        if before is None:
+            return  # stale (older than what the slot shows) or for a replaced slot
+        if delivery.num_delivered == 1 and all(before.get(k) == fields[k] for k in PLAN_FIELDS if k in fields):
+            # Only CPU and memory moved (most messages of a large zone): nothing the plan reads changed. A redelivery
+            # reconciles anyway, in case the first attempt stopped between the write and the reconcile.
+            return
+        await self.r.reconcile(msg.envid)
 
     async def vm_guest(self, msg: VmGuest, delivery: Delivery) -> None:
         await self.r.reconcile(msg.envid)
