@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import statistics
 import sys
@@ -65,25 +67,47 @@ def cpu_seconds(dev: DevStack) -> dict[str, float]:
     return used
 
 
+def summarise_log_line(line: str) -> str:
+    """A JSON log line as its message and the last line of its traceback (what was raised), else the raw start."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line[:400]
+    raised = str(record.get("exc") or "").strip().splitlines()[-1:] or [""]
+    return f"{record.get('msg')} at {record.get('path') or record.get('logger')}: {raised[0][:300]}"
+
+
 def report_logged_errors(dev: DevStack) -> None:
     """A benchmark that made a service log an error is not a clean figure: say so, with the first lines."""
     for name, proc in dev.procs.items():
         errors = [line for line in proc.lines if '"level": "ERROR"' in line or "Traceback" in line]
         if errors:
-            print(f"{name} logged {len(errors)} error(s) during the run, first: {errors[0][:400]}")
+            print(f"{name} logged {len(errors)} error(s) during the run, first: {summarise_log_line(errors[0])}")
 
 
-def print_per_environment(title: str, before: Counts, after: Counts, envs: int) -> None:
+def print_per_environment(title: str, before: Counts, after: Counts, envs: float,
+                          per: str = "per environment (create → READY)") -> None:
     per_service: dict[str, dict[str, float]] = {}
     for key, value in after.items():
         spent = value - before.get(key, 0.0)
         if spent:
             per_service.setdefault(key[0], {})[key[1]] = spent / envs
     total = sum(sum(counts.values()) for counts in per_service.values())
-    print(f"{title} per environment (create → READY): {total:.1f}")
+    print(f"{title} {per}: {total:.1f}")
     for service, counts in sorted(per_service.items(), key=lambda item: -sum(item[1].values())):
         detail = ", ".join(f"{name} {n:.1f}" for name, n in sorted(counts.items(), key=lambda item: -item[1]))
         print(f"  {service:<12} {sum(counts.values()):5.1f}   ({detail})")
+
+
+def print_timeline(median: tuple[float, int, float], timelines: dict[int, list[tuple[float, str]]]) -> None:
+    """Where the median sequential create spent its time: each progress event, at ms since the POST."""
+    _, envid, started = median
+    print(f"  median create (env {envid}), progress events at ms after the POST:")
+    for at, message in timelines.get(envid, []):
+        print(f"    {(at - started) * 1000:6.0f}  {message[:90]}")
+
+
+IDLE_SECONDS = 10.0
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -108,8 +132,12 @@ async def run(samples: int, burst: int) -> None:
         stack.upload_config(E2E_CONFIG % {"zone1": dev.zone_url(0), "zone2": dev.zone_url(1)})
         nc = await nats.connect(dev.operator_nats_url)
         ready: dict[int, float] = {}
+        timelines: dict[int, list[tuple[float, str]]] = {}
 
         async def on_event(msg: nats.aio.msg.Msg) -> None:
+            with contextlib.suppress(ValueError, AttributeError):
+                timelines.setdefault(int(msg.subject.rsplit(".", 1)[1]), []).append(
+                    (time.perf_counter(), str(json.loads(msg.data).get("message"))))
             if b"environment READY" in msg.data:
                 ready.setdefault(int(msg.subject.rsplit(".", 1)[1]), time.perf_counter())
 
@@ -136,12 +164,14 @@ async def run(samples: int, burst: int) -> None:
         for _ in range(3):  # warm-up: connections, caches, imports
             envid, _ = await create()
             await wait_ready([envid], 30)
-        latencies = []
+        latencies: list[float] = []
+        sampled: list[tuple[float, int, float]] = []
         for _ in range(samples):
             envid, started = await create()
             await wait_ready([envid], 30)
             if envid in ready:
                 latencies.append((ready[envid] - started) * 1000)
+                sampled.append((latencies[-1], envid, started))
         before, cpu_before = scrape(probe_urls), cpu_seconds(dev)
         started = time.perf_counter()
         created = await asyncio.gather(*(create() for _ in range(burst)))
@@ -155,6 +185,7 @@ async def run(samples: int, burst: int) -> None:
               f"({len(latencies)} sequential creates):")
         print(f"  p50 {statistics.median(latencies):.0f} ms   p95 {percentile(latencies, 95):.0f} ms   "
               f"min {min(latencies):.0f} ms   max {max(latencies):.0f} ms")
+        print_timeline(sorted(sampled)[len(sampled) // 2], timelines)
         print(f"sustained creates: {burst} submitted at once (accepted in {accepted_in:.1f} s), {done} READY in "
               f"{elapsed:.1f} s → {done / elapsed:.1f} environments/s ({3 * done / elapsed:.0f} VMs/s)")
         cpu = {name: (cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / (done or 1) for name in cpu_after}
@@ -162,6 +193,12 @@ async def run(samples: int, burst: int) -> None:
             f"{name} {ms:.0f}" for name, ms in sorted(cpu.items(), key=lambda item: -item[1])) + ")")
         print_per_environment("MongoDB round trips", before[0], after[0], done or 1)
         print_per_environment("NATS messages handled", before[1], after[1], done or 1)
+        # What the running VMs cost when nothing happens: monitoring, guests' metric pushes, masters' long polls.
+        idle_before, idle_started = scrape(probe_urls), time.perf_counter()
+        await asyncio.sleep(IDLE_SECONDS)
+        idle_after, idle_seconds = scrape(probe_urls), time.perf_counter() - idle_started
+        print_per_environment("MongoDB round trips", idle_before[0], idle_after[0], idle_seconds,
+                              per=f"per second at rest, {3 * (done + samples + 3)} VMs running")
         report_logged_errors(dev)
         await client.aclose()
         await nc.drain()
