@@ -58,8 +58,10 @@ async def setup(ctx: ServiceContext) -> None:
     async def resync_loop() -> None:
         # At start-up first (kopf's "list everything on start"), then periodically: the safety net that makes a
         # lost message or a crash cost latency only.
+        quiet_for: float | None = None  # everything at start-up; later only what has not moved for a period
         while True:
-            await reconciler.resync_once()
+            await reconciler.resync_once(quiet_for=quiet_for)
+            quiet_for = settings.resync_interval
             await reconciler.refresh_gauges()
             if not await ctx.sleep(settings.resync_interval):
                 return

@@ -226,8 +226,8 @@ class _Ctx:
     def retire(self, slot: Doc, why: str) -> None:
         """Stop wanting a VM: it will be terminated (or confirmed absent) by the provisioner."""
         if slot.get("live"):
-            self.set_slot(slot["_id"], live=False, retired_at=self.now, retired_why=why, terminate_attempt=1,
-                          terminate_requested_at=self.now)
+            self.set_slot(slot["_id"], live=False, terminating=True, retired_at=self.now, retired_why=why,
+                          terminate_attempt=1, terminate_requested_at=self.now)
             self.event(f"terminating {slot['role']} VM {slot['name']} ({why})")
 
     def drive_slots(self) -> None:
@@ -255,7 +255,7 @@ class _Ctx:
                 self.plan.publish.append(VmTerminate(envid=self.env["_id"], slot=s["_id"],
                                                      incarnation=s["incarnation"], attempt=attempt))
             elif not s.get("gone"):
-                self.set_slot(s["_id"], gone=True, gone_at=self.now)
+                self.set_slot(s["_id"], gone=True, gone_at=self.now, terminating=False)
 
     # notifications to the master ---------------------------------------------------------------------------------
 

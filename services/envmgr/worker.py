@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -202,14 +202,21 @@ class Reconciler:
         except Exception:  # noqa: BLE001 - the resync loop will try again
             log.exception("reconcile failed", extra={"envid": envid, "trigger": why})
 
-    async def resync_once(self, concurrency: int = 8) -> int:
-        """Reconcile every environment with unfinished work (level-triggered safety net). Returns the count."""
+    async def resync_once(self, concurrency: int = 8, quiet_for: float | None = None) -> int:
+        """Reconcile every environment with unfinished work (level-triggered safety net). Returns the count.
+
+        With `quiet_for`, only those whose document has not changed for that many seconds: one that moved recently
+        is being driven by its messages, and re-checking every busy environment at every resync would add a pass
+        per environment per period exactly when the queues are longest (a burst of creates). After a start-up
+        (`quiet_for=None`) everything unfinished is checked: in-process timers died with the previous process.
+        """
         envids: set[int] = set()
-        async for env in self.store.envs.find(
-            {"$or": [{"op": {"$ne": None}}, {"policy_status": "READY"}]}, {"_id": 1}
-        ):
+        unfinished: Doc = {"$or": [{"op": {"$ne": None}}, {"policy_status": "READY"}]}
+        if quiet_for is not None:
+            unfinished = {**unfinished, "updated_at": {"$lt": datetime.now(UTC) - timedelta(seconds=quiet_for)}}
+        async for env in self.store.envs.find(unfinished, {"_id": 1}):
             envids.add(int(env["_id"]))
-        for envid in await self.store.slots.distinct("envid", {"live": False, "gone": {"$ne": True}}):
+        for envid in await self.store.slots.distinct("envid", {"terminating": True}):
             envids.add(int(envid))
         semaphore = asyncio.Semaphore(concurrency)
 

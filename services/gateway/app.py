@@ -213,6 +213,8 @@ async def stop_server(server: uvicorn.Server, task: asyncio.Task[None], gw: Gate
     server.should_exit = True
     with contextlib.suppress(Exception):
         await asyncio.wait_for(asyncio.shield(task), timeout=10)
+    if gw is not None:
+        await gw.notify_watch.stop()
 
 
 async def setup(ctx: ServiceContext) -> None:

@@ -22,6 +22,7 @@ from libs.common.db import Store
 from libs.common.messages import Message
 from libs.common.settings import CommonSettings
 from services.gateway.metrics import NUDGES_LOST
+from services.gateway.notify_watch import NotifyWatch
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.schemas import ErrorBody
 from services.gateway.settings import SERVICE_NAME_RE, GatewaySettings
@@ -41,6 +42,7 @@ class Gateway:
     common: CommonSettings
     limiter: RateLimiter
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    notify_watch: NotifyWatch = field(default_factory=NotifyWatch)
 
     async def nudge(self, message: Message) -> bool:
         """Publish a command after its document was written; a failure is logged, never raised.

@@ -53,11 +53,12 @@ class ZoneMonitor:
         """Start a watcher for every zone with Carina VMs; stop watchers of zones with none left."""
         while not self.ctx.stopping.is_set():
             keys: set[tuple[str, str]] = set()
-            async for row in await self.ctx.store.slots.aggregate([
-                {"$match": {"gone": {"$ne": True}}},
-                {"$group": {"_id": {"service": "$service", "endpoint": "$endpoint"}}},
-            ]):
-                keys.add((row["_id"]["service"], row["_id"]["endpoint"]))
+            for tracked in ({"live": True}, {"terminating": True}):
+                async for row in await self.ctx.store.slots.aggregate([
+                    {"$match": tracked},
+                    {"$group": {"_id": {"service": "$service", "endpoint": "$endpoint"}}},
+                ]):
+                    keys.add((row["_id"]["service"], row["_id"]["endpoint"]))
             for key in keys - self._watchers.keys():
                 self._watchers[key] = asyncio.create_task(self._watch(*key), name=f"watch-{key[0]}-{key[1]}")
             for key in set(self._watchers) - keys:
@@ -99,12 +100,21 @@ class ZoneMonitor:
             await lease.release()
             raise
 
+    async def _slots(self, *queries: dict[str, Any]) -> list[dict[str, Any]]:
+        """Slots matching any of `queries`, each a query led by an indexed field (not one `$or`, not a `gone` filter:
+        either would read every slot ever made), a slot matching several listed once."""
+        found: dict[str, dict[str, Any]] = {}
+        for query in queries:
+            async for slot in self.ctx.store.slots.find(query, {"nonce": 0, "params": 0}):
+                found.setdefault(slot["_id"], slot)
+        return list(found.values())
+
     async def _poll_transient(self, service: str, endpoint: str, reported: Reported) -> bool:
         # Booting or terminating: a transient state, or still RUNNING after envmgr retired the slot. The filter is
         # the server's, so that a zone with thousands of running VMs costs one small answer per fast tick.
-        query = {"service": service, "endpoint": endpoint, "gone": {"$ne": True},
-                 "$or": [{"lifecycle": {"$in": sorted(TRANSIENT)}}, {"lifecycle": "RUNNING", "live": False}]}
-        slots = [s async for s in self.ctx.store.slots.find(query, {"nonce": 0, "params": 0})]
+        where = {"service": service, "endpoint": endpoint}
+        slots = await self._slots({"lifecycle": {"$in": sorted(TRANSIENT)}, **where},
+                                  {"terminating": True, "lifecycle": "RUNNING", **where})
         if not slots:
             return False
         try:
@@ -139,9 +149,8 @@ class ZoneMonitor:
 
     async def _poll(self, service: str, endpoint: str, reported: Reported,
                     cpu_reported: dict[str, tuple[float, float]], with_cpu: bool) -> bool:
-        slots = [s async for s in self.ctx.store.slots.find(
-            {"service": service, "endpoint": endpoint, "gone": {"$ne": True}},
-            {"nonce": 0, "params": 0})]
+        where = {"service": service, "endpoint": endpoint}
+        slots = await self._slots({"live": True, **where}, {"terminating": True, **where})  # all but the gone ones
         if not slots:
             return False
         zone_name = slots[0]["zone"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import Any, Literal
@@ -209,7 +208,7 @@ async def notifications(request: Request, gw: GatewayDep) -> JSONResponse:
     With `?wait=N` (seconds, at most 30) the request is held until there is something pending or N seconds pass:
     a long poll, so that a master learns of a new slave at once without polling Carina every fraction of a second.
     It wakes on the environment's progress events (`events.env.<envid>`), which envmgr publishes when it tells the
-    master something; the subscription is made before the first read, so nothing published in between is missed.
+    master something (`services.gateway.notify_watch`: one subscription shared by every waiting poll).
     """
     vmid, token = _onegate_identity(request, "notifications")
     try:
@@ -221,36 +220,29 @@ async def notifications(request: Request, gw: GatewayDep) -> JSONResponse:
     notify = _current_master("notifications", slot, env)
     items = _pending(slot, notify)
     if not items and wait > 0 and gw.bus.nc is not None and gw.bus.connected:
-        woken = asyncio.Event()
+        envid = int(env["_id"])
         known_seq = int(notify.get("seq") or 0)
-
-        async def wake(msg: Any) -> None:
-            # Most progress events do not touch the notifications: re-read only when the number changed.
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                if json.loads(msg.data).get("notify_seq") == known_seq:
-                    return
-            woken.set()
-
-        subscription = await gw.bus.nc.subscribe(f"events.env.{int(env['_id'])}", cb=wake)
-        woken.set()  # read once more now that we listen: anything appended before the subscription is seen
-        try:
+        await gw.notify_watch.ensure_started(gw.bus.nc)
+        with gw.notify_watch.waiter(envid) as woken:
             deadline = time.monotonic() + wait
-            while not items and time.monotonic() < deadline:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), timeout=max(0.0, deadline - time.monotonic()))
-                if not woken.is_set():
-                    break
-                woken.clear()
+            while not items:
+                # Checked after registering the waiter: an event published since our read is either seen here or
+                # wakes the waiter.
+                if not gw.notify_watch.seen_after(envid, known_seq):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken.wait(), timeout=remaining)
+                    woken.clear()
+                    continue
                 fresh_slot = await gw.store.slots.find_one({"_id": slot["_id"], "live": True}, {"guest": 1})
-                fresh_env = await gw.store.envs.find_one({"_id": env["_id"]}, {"notify": 1, "master_incarnation": 1})
+                fresh_env = await gw.store.envs.find_one({"_id": envid}, {"notify": 1, "master_incarnation": 1})
                 if fresh_slot is None or fresh_env is None:
                     break
                 fresh_notify = as_dict(fresh_env.get("notify"))
                 known_seq = int(fresh_notify.get("seq") or 0)
                 items = _pending(fresh_slot, fresh_notify)
-        finally:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
     body = Notifications(notifications=[
         Notification(seq=int(i["seq"]), op=str(i.get("op", "")), ip=i.get("ip"), data=str(i.get("data") or ""))
         for i in items])

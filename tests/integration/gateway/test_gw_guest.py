@@ -10,7 +10,9 @@ import httpx
 from gateway_helpers import ADMIN_TOKEN, Collector, plant_running_env
 
 from libs.common.auth import guest_token, new_nonce
+from libs.common.bus import Bus
 from libs.common.db import Store
+from services.envmgr.reconcile import env_event
 
 
 async def _state(store: Store, envid: int) -> tuple[Any, list[Any]]:
@@ -149,6 +151,33 @@ async def test_master_pulls_and_acknowledges_notifications(client: httpx.AsyncCl
     # A master replaced by a new incarnation: the old one no longer receives anything.
     await store.envs.update_one({"_id": 7301}, {"$set": {"notify.master_incarnation": 2}})
     assert (await client.get("/guest/v1/notifications", headers=headers)).status_code == 403
+
+
+async def test_a_waiting_master_is_answered_when_envmgr_tells_it_something(client: httpx.AsyncClient, store: Store,
+                                                                          bus: Bus) -> None:
+    planted = await plant_running_env(store, 7351, "alpha", slaves=1)
+    master = planted["slots"][0]
+    headers = {"X-ONEGATE-VMID": str(master["one_id"]), "X-ONEGATE-TOKEN": planted["tokens"][master["_id"]]}
+    started = time.monotonic()
+    poll = asyncio.create_task(client.get("/guest/v1/notifications", params={"wait": 20}, headers=headers))
+    await asyncio.sleep(0.5)
+    assert not poll.done(), "nothing pending: the request is held"
+    env = await store.envs.find_one({"_id": 7351})
+    assert env is not None
+    # A progress event that does not touch the notifications leaves the master waiting...
+    await bus.publish(env_event(env, "something else happened"))
+    await asyncio.sleep(0.3)
+    assert not poll.done()
+    # ...envmgr appending an `add` (as it does: write, then publish the event) answers it.
+    item = {"seq": 1, "op": "add", "ip": "10.0.0.9", "data": "8080", "slot": "7351:slave:0:1"}
+    await store.envs.update_one({"_id": 7351}, {"$set": {"notify.seq": 1, "notify.items": [item]}})
+    env = await store.envs.find_one({"_id": 7351})
+    assert env is not None
+    await bus.publish(env_event(env, "master told: add 10.0.0.9 8080"))
+    resp = await asyncio.wait_for(poll, timeout=10)
+    assert resp.status_code == 200
+    assert resp.json() == {"notifications": [{"seq": 1, "op": "add", "ip": "10.0.0.9", "data": "8080"}]}
+    assert time.monotonic() - started < 15, "answered by the event, not by the end of the wait"
 
 
 async def test_a_looping_guest_is_rate_limited(client: httpx.AsyncClient, store: Store) -> None:

@@ -196,6 +196,18 @@ def test_remove_terminates_everything_and_keeps_the_record() -> None:
     assert world.env["active"] is False and world.env["status"] == "DONE"
 
 
+def test_a_retired_slot_is_terminating_until_its_vm_is_gone() -> None:
+    # The zone monitor and envmgr's resync find VMs still being terminated by `terminating`, not by reading every
+    # slot that was ever made.
+    world = new_world(num_slaves=1)
+    world.run(5)
+    world.start("REMOVE")
+    world.step()  # retires every slot and asks for the terminations (the test world's zone does them at once)
+    assert all(s["terminating"] is True and s["live"] is False for s in world.slots.values())
+    world.step()
+    assert all(s["terminating"] is False and s["gone"] is True for s in world.slots.values())
+
+
 def test_recreate_master_readds_every_slave_to_the_new_master() -> None:
     world = new_world(num_slaves=2)
     world.run(5)
