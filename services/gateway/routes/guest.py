@@ -68,10 +68,11 @@ def _limit(gw: Gateway, kind: str, vmid: int, client: str) -> None:
 
 
 async def verify_guest(request: Request, gw: Gateway, kind: str, vmid: int, envid: int | None, token: str | None,
-                       service: str | None = None) -> tuple[Doc, Doc]:
-    """The live slot and environment a token belongs to, or 401/403.
+                       service: str | None = None) -> Doc:
+    """The live slot a token belongs to, or 401/403.
 
-    Every candidate slot is checked (no early exit) so that the time taken does not tell which VM ids exist.
+    Every candidate slot is checked (no early exit) so that the time taken does not tell which VM ids exist. The
+    slot being live is enough: a removed environment's slots are all retired before it is marked inactive.
     """
     _limit(gw, kind, vmid, request.client.host if request.client else "unknown")
     if not token:
@@ -91,11 +92,24 @@ async def verify_guest(request: Request, gw: Gateway, kind: str, vmid: int, envi
                                str(slot.get("nonce") or ""), token)
         if ok and candidates and match is None:
             match = slot
-    env = await gw.store.envs.find_one({"_id": match["envid"]}, {"spec": 0}) if match is not None else None
-    if match is None or env is None or env.get("active") is False or (service and match.get("service") != service):
-        raise GuestRejected(kind, status.HTTP_403_FORBIDDEN, "forbidden",
-                            "token not valid for this VM (wrong token, replaced VM, or removed environment)")
-    return match, env
+    if match is None or (service and match.get("service") != service):
+        raise _not_this_vm(kind)
+    return match
+
+
+def _not_this_vm(kind: str) -> GuestRejected:
+    return GuestRejected(kind, status.HTTP_403_FORBIDDEN, "forbidden",
+                         "token not valid for this VM (wrong token, replaced VM, or removed environment)")
+
+
+async def verify_master(request: Request, gw: Gateway, kind: str) -> tuple[Doc, Doc, dict[str, Any]]:
+    """The current master's live slot, its environment and the environment's notifications, or 401/403."""
+    vmid, token = _onegate_identity(request, kind)
+    slot = await verify_guest(request, gw, kind, vmid, None, token)
+    env = await gw.store.envs.find_one({"_id": slot["envid"]}, {"notify": 1, "master_incarnation": 1, "active": 1})
+    if env is None or env.get("active") is False:
+        raise _not_this_vm(kind)
+    return slot, env, _current_master(kind, slot, env)
 
 
 async def _report(gw: Gateway, slot: Doc, kind: ReportKind, params: dict[str, str], msg_id: str | None = None) -> None:
@@ -127,7 +141,7 @@ async def update_vm_status(request: Request, gw: GatewayDep) -> Response:
     envid = _numeric("vmstatus", "envid", q.get("envid"), required=False)
     assert vmid is not None
     service = q.get("service") or None
-    slot, _ = await verify_guest(request, gw, "vmstatus", vmid, envid, _carina_token(request), service)
+    slot = await verify_guest(request, gw, "vmstatus", vmid, envid, _carina_token(request), service)
     params = {k: q[k][:255] for k in ("newip", "name") if q.get(k)}
     await _report(gw, slot, "vmstatus", params)
     return Response(_EMPTY_HTML, media_type="text/html")
@@ -144,7 +158,7 @@ async def update_app_status(request: Request, gw: GatewayDep) -> Response:
         raise GuestRejected("appstatus", status.HTTP_400_BAD_REQUEST, "invalid",
                             "parameter 'status' is required (at most 256 characters)")
     service = q.get("service") or None
-    slot, _ = await verify_guest(request, gw, "appstatus", vmid, envid, _carina_token(request), service)
+    slot = await verify_guest(request, gw, "appstatus", vmid, envid, _carina_token(request), service)
     await _report(gw, slot, "appstatus", {"status": app_status})
     return Response(_EMPTY_HTML, media_type="text/html")
 
@@ -173,7 +187,7 @@ async def _guest_text(request: Request) -> str:
 async def onegate_update_vm(request: Request, gw: GatewayDep) -> Response:
     """OneGate's `PUT /vm`: `KEY = VALUE` lines (or form field `data`) of numeric metrics."""
     vmid, token = _onegate_identity(request, "metrics")
-    slot, _ = await verify_guest(request, gw, "metrics", vmid, None, token)
+    slot = await verify_guest(request, gw, "metrics", vmid, None, token)
     try:
         values = parse_metrics(await _guest_text(request))
     except ValueError as exc:
@@ -210,14 +224,12 @@ async def notifications(request: Request, gw: GatewayDep) -> JSONResponse:
     It wakes on the environment's progress events (`events.env.<envid>`), which envmgr publishes when it tells the
     master something (`services.gateway.notify_watch`: one subscription shared by every waiting poll).
     """
-    vmid, token = _onegate_identity(request, "notifications")
     try:
         wait = min(MAX_WAIT, max(0.0, float(request.query_params.get("wait") or 0)))
     except ValueError:
         raise GuestRejected("notifications", status.HTTP_400_BAD_REQUEST, "invalid",
                             "wait must be a number of seconds") from None
-    slot, env = await verify_guest(request, gw, "notifications", vmid, None, token)
-    notify = _current_master("notifications", slot, env)
+    slot, env, notify = await verify_master(request, gw, "notifications")
     items = _pending(slot, notify)
     if not items and wait > 0 and gw.bus.nc is not None and gw.bus.connected:
         envid = int(env["_id"])
@@ -253,9 +265,7 @@ async def notifications(request: Request, gw: GatewayDep) -> JSONResponse:
 @router.post("/guest/v1/notifications/ack")
 async def acknowledge(request: Request, gw: GatewayDep) -> JSONResponse:
     """The master applied every notification up to `seq`."""
-    vmid, token = _onegate_identity(request, "notify_ack")
-    slot, env = await verify_guest(request, gw, "notify_ack", vmid, None, token)
-    notify = _current_master("notify_ack", slot, env)
+    slot, _, notify = await verify_master(request, gw, "notify_ack")
     raw = await request.body()
     if len(raw) > MAX_GUEST_BODY:
         raise GuestRejected("notify_ack", status.HTTP_413_CONTENT_TOO_LARGE, "invalid", "body too large")

@@ -90,7 +90,9 @@ async def test_replaced_vm_and_removed_environment_tokens_are_refused(client: ht
     new_token = guest_token("test-token-secret-0123456789abcdef", "7101:slave:0:2", 2, nonce)
     assert (await client.get("/cgi-bin/updateappstatus.sh", params={**params, "token": new_token})).status_code == 200
 
-    await store.envs.update_one({"_id": 7101}, {"$set": {"active": False}})
+    # The environment is being removed: envmgr's first pass retires every slot (it is marked inactive only once
+    # every VM is gone). From then on its VMs' tokens are refused.
+    await store.slots.update_many({"envid": 7101}, {"$set": {"live": False, "terminating": True}})
     resp = await client.get("/cgi-bin/updateappstatus.sh", params={**params, "token": new_token})
     assert resp.status_code == 403
     resp = await client.put("/vm", content="CPU_LOAD = 3\n",
