@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from libs.common import subjects as s
 
 Name = str  # service, configuration and zone names (validated where they are defined)
+MAX_USAGE_SAMPLES = 500  # per `vm.usage` message: about 50 KB of JSON, well under NATS's default 1 MB payload limit
 
 
 def utcnow() -> datetime:
@@ -320,6 +321,29 @@ class VmStatus(Message):
         return f"vm.status:{self.slot}:{self.incarnation}:{observed}"
 
 
+class UsageSample(BaseModel):
+    """One VM's load in a `vm.usage` batch."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    slot: str
+    incarnation: int = Field(ge=1)
+    cpu: float | None = Field(None, description="percent of one CPU, as OpenNebula monitors it")
+    memory: int | None = Field(None, description="KiB, as OpenNebula monitors it")
+
+
+class VmUsage(Message):
+    """The load of many VMs of one zone, from one monitoring poll. Load alone never changes an environment's plan,
+    so it is not sent as one `vm.status` per VM but in batches that envmgr records in one database round trip."""
+
+    SUBJECT: ClassVar[str] = s.VM_USAGE
+    zone: Name
+    samples: list[UsageSample] = Field(min_length=1, max_length=MAX_USAGE_SAMPLES)
+    at: datetime = Field(default_factory=utcnow)
+
+    def msg_id(self) -> str:
+        return f"vm.usage:{self.zone}:{self.at.timestamp()}:{self.samples[0].slot}"
+
+
 class VmGuest(Message):
     """A verified report from a guest: network configured, an application status, or notifications applied."""
 
@@ -455,6 +479,7 @@ CATALOGUE: tuple[tuple[type[Message], str, str, str], ...] = (
     (VmAction, s.VM_ACTION, "envmgr", "provisioner"),
     (VmExec, s.VM_EXEC, "envmgr", "provisioner"),
     (VmStatus, s.VM_STATUS, "provisioner", "envmgr, policy"),
+    (VmUsage, s.VM_USAGE, "provisioner", "envmgr"),
     (VmGuest, s.VM_GUEST, "callback", "envmgr"),
     (VmMetrics, s.VM_METRICS, "callback", "policy"),
     (GuestReport, s.GUEST_REPORT, "gateway", "callback"),
@@ -487,6 +512,9 @@ def example_payloads() -> dict[str, dict[str, Any]]:
         VmExec(envid=18, seq=3, op="add", ip="10.1.0.7", data="8080"),
         VmStatus(envid=18, slot="18:master", incarnation=1, zone="zone1", one_id=1604, lifecycle="RUNNING",
                  state=3, lcm_state=3, ip="10.1.0.5", host="host01", cpu=12.5, memory=524288, at=at),
+        VmUsage(zone="zone1", samples=[UsageSample(slot="18:master:0:1", incarnation=1, cpu=12.5, memory=524288),
+                                       UsageSample(slot="18:slave:0:1", incarnation=1, cpu=71.0, memory=1048576)],
+                at=at),
         VmGuest(envid=18, slot="18:master", incarnation=1, kind="appstatus", status="MASTER_INIT_DONE", at=at),
         VmMetrics(envid=18, slot="18:slave:0", one_id=1605, values={"CPU_LOAD": 55.0}, at=at),
         GuestReport(envid=18, slot="18:master", incarnation=1, one_id=1604, kind="vmstatus",

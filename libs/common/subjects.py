@@ -33,6 +33,7 @@ VM_TERMINATE = "vm.terminate"
 VM_ACTION = "vm.action"
 VM_EXEC = "vm.exec"
 VM_STATUS = "vm.status"
+VM_USAGE = "vm.usage"  # CPU and memory of many VMs at once (the monitor's periodic load reports)
 VM_GUEST = "vm.guest"
 VM_METRICS = "vm.metrics"
 

@@ -21,6 +21,7 @@ from libs.common.messages import (
     PoolReclaim,
     VmGuest,
     VmStatus,
+    VmUsage,
 )
 from libs.common.runner import ServiceContext
 from services.envmgr.handlers.capacity import CapacityHandlers
@@ -54,6 +55,7 @@ async def setup(ctx: ServiceContext) -> None:
     await ctx.bus.consume(ConsumerSpec("envmgr-pool-reclaim", s.POOL_RECLAIM + ".>", PoolReclaim), capacity.reclaim)
     await ctx.bus.consume(ConsumerSpec("envmgr-vm-status", s.VM_STATUS, VmStatus, concurrency=n), vms.vm_status)
     await ctx.bus.consume(ConsumerSpec("envmgr-vm-guest", s.VM_GUEST, VmGuest, concurrency=n), vms.vm_guest)
+    await ctx.bus.consume(ConsumerSpec("envmgr-vm-usage", s.VM_USAGE, VmUsage), vms.vm_usage)
 
     async def resync_loop() -> None:
         # At start-up first (kopf's "list everything on start"), then periodically: the safety net that makes a
