@@ -234,6 +234,10 @@ def _due(reported: Reported, slot: dict[str, Any], status: VmStatus, key: tuple[
     """Whether to publish `status`: the zone shows something new, or the slot still disagrees a while after the
     last message (it may have been lost, or the provisioner restarted and forgot what it sent)."""
     last = reported.get(slot["_id"])
-    if last is None or last[0] != key:
+    if last is None:
+        # Not sent by this watcher yet: only if the slot does not show it already (the provisioning reply, or the
+        # previous lease holder, recorded it) — after a burst of creates that is hundreds of messages saved.
+        return (slot.get("lifecycle"), slot.get("ip"), slot.get("host"), slot.get("one_id")) != key
+    if last[0] != key:
         return True
     return slot.get("lifecycle") != status.lifecycle and time.monotonic() - last[1] >= REPUBLISH_AFTER
