@@ -38,11 +38,12 @@ from tests.e2e.conftest import E2E_CONFIG, Stack  # noqa: E402
 Counts = dict[tuple[str, str], float]
 
 
-def scrape(probe_urls: dict[str, str]) -> tuple[Counts, Counts]:
+def scrape(probe_urls: dict[str, str]) -> tuple[Counts, Counts, Counts]:
     """From each service's /metrics: ((service, collection.command) → MongoDB commands sent so far,
-    (service, subject) → messages handled so far)."""
+    (service, subject) → messages handled so far, (service, subject) → seconds spent handling them)."""
     commands: Counts = {}
     messages: Counts = {}
+    handling: Counts = {}
     for service, url in probe_urls.items():
         for family in text_string_to_metric_families(httpx.get(url, timeout=5).text):
             for sample in family.samples:
@@ -53,7 +54,20 @@ def scrape(probe_urls: dict[str, str]) -> tuple[Counts, Counts]:
                 elif sample.name == "carina_messages_total":
                     key = (service, sample.labels["subject"])
                     messages[key] = messages.get(key, 0.0) + sample.value
-    return commands, messages
+                elif sample.name == "carina_handler_duration_seconds_sum":
+                    key = (service, sample.labels["subject"])
+                    handling[key] = handling.get(key, 0.0) + sample.value
+    return commands, messages, handling
+
+
+def print_handler_times(before: tuple[Counts, Counts, Counts], after: tuple[Counts, Counts, Counts]) -> None:
+    """Mean time from a message's delivery to its acknowledgement, per consumer (waits for MongoDB, zones, locks)."""
+    means = []
+    for key, seconds in after[2].items():
+        handled = after[1].get(key, 0.0) - before[1].get(key, 0.0)
+        if handled >= 1:
+            means.append((f"{key[0]} {key[1]}", (seconds - before[2].get(key, 0.0)) / handled * 1000))
+    print("mean handler time (ms): " + ", ".join(f"{name} {ms:.0f}" for name, ms in sorted(means)))
 
 
 def cpu_seconds(dev: DevStack) -> dict[str, float]:
@@ -164,6 +178,7 @@ async def run(samples: int, burst: int) -> None:
         for _ in range(3):  # warm-up: connections, caches, imports
             envid, _ = await create()
             await wait_ready([envid], 30)
+        sequential_before = scrape(probe_urls)
         latencies: list[float] = []
         sampled: list[tuple[float, int, float]] = []
         for _ in range(samples):
@@ -172,6 +187,7 @@ async def run(samples: int, burst: int) -> None:
             if envid in ready:
                 latencies.append((ready[envid] - started) * 1000)
                 sampled.append((latencies[-1], envid, started))
+        sequential_after = scrape(probe_urls)
         before, cpu_before = scrape(probe_urls), cpu_seconds(dev)
         started = time.perf_counter()
         created = await asyncio.gather(*(create() for _ in range(burst)))
@@ -186,6 +202,7 @@ async def run(samples: int, burst: int) -> None:
         print(f"  p50 {statistics.median(latencies):.0f} ms   p95 {percentile(latencies, 95):.0f} ms   "
               f"min {min(latencies):.0f} ms   max {max(latencies):.0f} ms")
         print_timeline(sorted(sampled)[len(sampled) // 2], timelines)
+        print_handler_times(sequential_before, sequential_after)
         print(f"sustained creates: {burst} submitted at once (accepted in {accepted_in:.1f} s), {done} READY in "
               f"{elapsed:.1f} s → {done / elapsed:.1f} environments/s ({3 * done / elapsed:.0f} VMs/s)")
         cpu = {name: (cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / (done or 1) for name in cpu_after}
@@ -193,6 +210,7 @@ async def run(samples: int, burst: int) -> None:
             f"{name} {ms:.0f}" for name, ms in sorted(cpu.items(), key=lambda item: -item[1])) + ")")
         print_per_environment("MongoDB round trips", before[0], after[0], done or 1)
         print_per_environment("NATS messages handled", before[1], after[1], done or 1)
+        print_handler_times(before, after)
         # What the running VMs cost when nothing happens: monitoring, guests' metric pushes, masters' long polls.
         idle_before, idle_started = scrape(probe_urls), time.perf_counter()
         await asyncio.sleep(IDLE_SECONDS)
