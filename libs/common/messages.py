@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from libs.common import subjects as s
 
 Name = str  # service, configuration and zone names (validated where they are defined)
-MAX_USAGE_SAMPLES = 500  # per `vm.usage` message: about 50 KB of JSON, well under NATS's default 1 MB payload limit
+MAX_USAGE_SAMPLES = 100  # per `vm.usage` message: about 10 KB of JSON, one bulk write short enough not to stall
 
 
 def utcnow() -> datetime:

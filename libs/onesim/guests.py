@@ -235,8 +235,11 @@ class GuestRunner(GuestHooks):
         headers = {"X-ONEGATE-TOKEN": token, "X-ONEGATE-VMID": str(vm_id)}
         while await self._wait_running(vm_id, boot_seq):
             # Long poll: Carina holds the request until there is something to apply (or `wait` runs out).
+            asked = time.monotonic()
             resp = await self._http(rec, "notifications", "GET", f"{base}/guest/v1/notifications", headers=headers,
                                     params={"wait": self.cfg.guest_long_poll}, long_poll=True)
+            answered = resp is not None and resp.is_success
+            carried_work = False
             if resp is not None and resp.is_success:
                 try:
                     notes = resp.json().get("notifications", [])
@@ -262,7 +265,12 @@ class GuestRunner(GuestHooks):
                                            headers=headers, json={"seq": rec["applied_seq"]})
                     if ack is not None and ack.is_success:
                         rec["acked_seq"] = rec["applied_seq"]
-            await asyncio.sleep(self.cfg.guest_poll_seconds)
+                carried_work = bool(notes) and rec["acked_seq"] == rec["applied_seq"]
+            # Like a real long-polling agent: ask again at once after an answer that carried work or that the server
+            # held; pause after a failure, or an empty answer that came back at once (a server not holding polls).
+            held = time.monotonic() - asked >= 0.5 * self.cfg.guest_long_poll
+            if not (answered and (carried_work or held)):
+                await asyncio.sleep(self.cfg.guest_poll_seconds)
 
     async def _metrics_loop(self, vm_id: int, boot_seq: int, ctx: dict[str, str], rec: dict[str, Any]) -> None:
         endpoint = (ctx.get("ONEGATE_ENDPOINT") or ctx["CARINA_URL"]).rstrip("/")
