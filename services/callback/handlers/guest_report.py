@@ -1,4 +1,4 @@
-"""`guest.report`: record what a guest said on its slot, then tell envmgr and the policy service.
+"""`guest.report`: record what a guest said on its slot, then tell envmgr (when it matters) and the policy service.
 
 The gateway has already checked the guest's token; the report is re-checked against the slot here (same
 incarnation, still live) because the VM may have been replaced between the check and now. The callback service
@@ -28,6 +28,11 @@ def normalise_status(status: str, slot: dict[str, Any]) -> str:
     return status
 
 
+def _address(slot: dict[str, Any]) -> str | None:
+    """The VM's address as envmgr's plan reads it (`services.envmgr.reconcile.slot_ip`)."""
+    return (slot.get("guest") or {}).get("ip") or slot.get("ip")
+
+
 class GuestReportHandler:
     def __init__(self, store: Store, bus: Bus) -> None:
         self.store = store
@@ -43,7 +48,13 @@ class GuestReportHandler:
                 fields["guest.ip"] = msg.params["newip"][:64]
             if msg.params.get("name"):
                 fields["guest.hostname"] = msg.params["name"][:255]
-            if await self._record(match, {"$set": fields}):
+            before = await self.store.slots.find_one_and_update(match, {"$set": fields},
+                                                                 projection={"ip": 1, "guest.ip": 1})
+            # envmgr only needs to hear of it when the VM's address as it sees it changes (the guest's word wins over
+            # the zone's); mostly the zone reported the same address already. A redelivery always tells, in case the
+            # first attempt stopped between the write and the publish.
+            if before is not None and (delivery.num_delivered > 1
+                                       or _address(before) != (fields.get("guest.ip") or _address(before))):
                 await self.bus.publish(VmGuest(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
                                                kind="vmstatus", ip=fields.get("guest.ip"),
                                                hostname=fields.get("guest.hostname"), at=msg.at))
