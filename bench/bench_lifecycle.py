@@ -215,8 +215,9 @@ async def run(samples: int, burst: int) -> None:
         idle_before, idle_started = scrape(probe_urls), time.perf_counter()
         await asyncio.sleep(IDLE_SECONDS)
         idle_after, idle_seconds = scrape(probe_urls), time.perf_counter() - idle_started
-        print_per_environment("MongoDB round trips", idle_before[0], idle_after[0], idle_seconds,
-                              per=f"per second at rest, {3 * (done + samples + 3)} VMs running")
+        at_rest = f"per second at rest, {3 * (done + samples + 3)} VMs running"
+        print_per_environment("MongoDB round trips", idle_before[0], idle_after[0], idle_seconds, per=at_rest)
+        print_per_environment("NATS messages handled", idle_before[1], idle_after[1], idle_seconds, per=at_rest)
         report_logged_errors(dev)
         await client.aclose()
         await nc.drain()
