@@ -149,7 +149,7 @@ class Reconciler:
         for sid, fields in plan.slot_sets.items():
             await self.store.slots.update_one({"_id": sid}, {"$set": fields})
         for jobid, fields in plan.job_sets.items():
-            await self._update_job(new_env, jobid, fields)
+            await self._update_job(new_env, jobid, fields, op_before=env.get("op"))
         if plan.publish:
             crashpoint("envmgr.before_publish")
             await self.bus.publish_all(plan.publish)
@@ -160,7 +160,7 @@ class Reconciler:
             await self.bus.publish_all([env_event(new_env, m, job_status) for m in plan.events])
         return True
 
-    async def _update_job(self, env: Doc, jobid: int, fields: Doc) -> None:
+    async def _update_job(self, env: Doc, jobid: int, fields: Doc, op_before: Doc | None = None) -> None:
         result = await self.store.jobs.update_one({"_id": jobid}, {"$set": fields})
         if result.matched_count == 0:
             # The gateway crashed between recording the operation and its job: repair the job record.
@@ -174,8 +174,12 @@ class Reconciler:
             )
         status = fields.get("status")
         if status in ("DONE", "FAIL", "ABORT"):
-            job = await self.store.jobs.find_one({"_id": jobid}, {"type": 1})
-            metrics.JOBS_TOTAL.labels(type=(job or {}).get("type", "?"), result=status).inc()
+            op = op_before or {}
+            job_type = op.get("type") if op.get("jobid") == jobid else None  # the operation this pass finished
+            if job_type is None:
+                job = await self.store.jobs.find_one({"_id": jobid}, {"type": 1})
+                job_type = (job or {}).get("type", "?")
+            metrics.JOBS_TOTAL.labels(type=job_type, result=status).inc()
 
     def _schedule(self, envid: int, when: datetime | None) -> None:
         if when is None:
