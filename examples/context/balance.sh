@@ -9,9 +9,10 @@
 #   balance.sh poll            pull mode: apply Carina's notifications as they come (started by init)
 #   balance.sh poll-once       pull mode: apply the pending notifications once and exit
 #
-# Carina tells the master about slaves in one of two ways (CONTEXT variable CARINA_NOTIFY):
-#   ssh   Carina runs "balance.sh add <ip> <slavedata>" / "balance.sh delete <ip>" over ssh, as the original did;
-#   pull  this script polls {CARINA_URL}/guest/v1/notifications and acknowledges what it applied.
+# How the master learns about slaves (CONTEXT variable CARINA_NOTIFY):
+#   pull  this script polls {CARINA_URL}/guest/v1/notifications and acknowledges what it applied (what Carina sets);
+#   ssh   Carina 2012 ran "balance.sh add <ip> <slavedata>" / "balance.sh delete <ip>" over ssh. This Carina does not
+#         push over ssh; the add/delete commands remain for that original and for running by hand.
 # Guest protocol: docs/conventions.md. The balancer is HAProxy when installed; without it the slave list
 # is still kept (and shown), which is enough for the simulated zone.
 #

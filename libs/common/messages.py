@@ -263,34 +263,6 @@ class VmTerminate(Message):
         return f"vm.terminate:{self.slot}:{self.incarnation}:{self.attempt}"
 
 
-class VmAction(Message):
-    """Run an OpenNebula VM action (poweroff, resume, reboot, …) on a slot's VM."""
-
-    SUBJECT: ClassVar[str] = s.VM_ACTION
-    envid: int = Field(ge=1)
-    slot: str
-    incarnation: int = Field(ge=1)
-    action: Literal[
-        "terminate", "terminate-hard", "poweroff", "poweroff-hard", "resume", "reboot", "reboot-hard",
-        "undeploy", "hold", "release", "stop", "suspend",
-    ]
-    request_id: str | None = None
-
-
-class VmExec(Message):
-    """Run the master's context script (`add <ip> <data>` / `delete <ip>`) over ssh (ssh notify mode)."""
-
-    SUBJECT: ClassVar[str] = s.VM_EXEC
-    envid: int = Field(ge=1)
-    seq: int = Field(ge=1)
-    op: Literal["add", "delete"]
-    ip: str
-    data: str = ""
-
-    def msg_id(self) -> str:
-        return f"vm.exec:{self.envid}:{self.seq}"
-
-
 VmLifecycle = Literal[
     "PENDING", "HOLD", "PROLOG", "BOOT", "RUNNING", "SHUTDOWN", "EPILOG", "POWEROFF", "SUSPENDED", "STOPPED",
     "UNDEPLOYED", "UNKNOWN", "FAILED", "DONE", "MISSING", "OTHER",
@@ -476,8 +448,6 @@ CATALOGUE: tuple[tuple[type[Message], str, str, str], ...] = (
     (PoolReclaim, s.POOL_RECLAIM + ".<service>", "scheduler", "envmgr"),
     (VmProvision, s.VM_PROVISION, "envmgr", "provisioner"),
     (VmTerminate, s.VM_TERMINATE, "envmgr", "provisioner"),
-    (VmAction, s.VM_ACTION, "envmgr", "provisioner"),
-    (VmExec, s.VM_EXEC, "envmgr", "provisioner"),
     (VmStatus, s.VM_STATUS, "provisioner", "envmgr, policy"),
     (VmUsage, s.VM_USAGE, "provisioner", "envmgr"),
     (VmGuest, s.VM_GUEST, "callback", "envmgr"),
@@ -508,8 +478,6 @@ def example_payloads() -> dict[str, dict[str, Any]]:
         PoolReclaim(reqid=4, service="batch", envid=14, for_reqid=7),
         VmProvision(envid=18, slot="18:slave:0", incarnation=1),
         VmTerminate(envid=18, slot="18:slave:1", incarnation=1),
-        VmAction(envid=18, slot="18:master", incarnation=1, action="reboot"),
-        VmExec(envid=18, seq=3, op="add", ip="10.1.0.7", data="8080"),
         VmStatus(envid=18, slot="18:master", incarnation=1, zone="zone1", one_id=1604, lifecycle="RUNNING",
                  state=3, lcm_state=3, ip="10.1.0.5", host="host01", cpu=12.5, memory=524288, at=at),
         VmUsage(zone="zone1", samples=[UsageSample(slot="18:master:0:1", incarnation=1, cpu=12.5, memory=524288),

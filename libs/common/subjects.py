@@ -30,8 +30,6 @@ POOL_RECLAIM = "pool.reclaim"  # pool.reclaim.<service>
 # VM: work on OpenNebula (envmgr → provisioner) and what is observed (provisioner, callback → envmgr, policy).
 VM_PROVISION = "vm.provision"
 VM_TERMINATE = "vm.terminate"
-VM_ACTION = "vm.action"
-VM_EXEC = "vm.exec"
 VM_STATUS = "vm.status"
 VM_USAGE = "vm.usage"  # CPU and memory of many VMs at once (the monitor's periodic load reports)
 VM_GUEST = "vm.guest"
