@@ -237,24 +237,23 @@ async def notifications(request: Request, gw: GatewayDep) -> JSONResponse:
         await gw.notify_watch.ensure_started(gw.bus.nc)
         with gw.notify_watch.waiter(envid) as woken:
             deadline = time.monotonic() + wait
+            # Checked once the waiter is registered: an event published since our read is either seen here or wakes
+            # the waiter. After that, only a new event makes us read again (never a loop on a stale number: a
+            # replaced master starts counting from 1 again).
+            missed = gw.notify_watch.seen_after(envid, known_seq)
             while not items:
-                # Checked after registering the waiter: an event published since our read is either seen here or
-                # wakes the waiter.
-                if not gw.notify_watch.seen_after(envid, known_seq):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
+                if not missed:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(woken.wait(), timeout=remaining)
+                        await asyncio.wait_for(woken.wait(), timeout=max(0.0, deadline - time.monotonic()))
+                    if not woken.is_set():
+                        break  # the wait is over
                     woken.clear()
-                    continue
+                missed = False
                 fresh_slot = await gw.store.slots.find_one({"_id": slot["_id"], "live": True}, {"guest": 1})
                 fresh_env = await gw.store.envs.find_one({"_id": envid}, {"notify": 1, "master_incarnation": 1})
                 if fresh_slot is None or fresh_env is None:
                     break
-                fresh_notify = as_dict(fresh_env.get("notify"))
-                known_seq = int(fresh_notify.get("seq") or 0)
-                items = _pending(fresh_slot, fresh_notify)
+                items = _pending(fresh_slot, as_dict(fresh_env.get("notify")))
     body = Notifications(notifications=[
         Notification(seq=int(i["seq"]), op=str(i.get("op", "")), ip=i.get("ip"), data=str(i.get("data") or ""))
         for i in items])
