@@ -52,6 +52,9 @@ INDEXES: dict[str, list[IndexModel]] = {
                    partialFilterExpression={"request_id": {"$type": "string"}}),
         IndexModel([("active", ASCENDING)]),
         IndexModel([("groupid", ASCENDING)]),
+        # envmgr's resync: operations in flight and environments just READY, without reading the removed ones.
+        IndexModel([("op.type", ASCENDING)]),
+        IndexModel([("policy_status", ASCENDING)]),
     ],
     "slots": [
         IndexModel([("envid", ASCENDING), ("role", ASCENDING), ("index", ASCENDING), ("incarnation", ASCENDING)],

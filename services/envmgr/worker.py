@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 from pymongo.errors import DuplicateKeyError
 
@@ -24,6 +24,7 @@ from libs.common.db import Doc, Store
 from libs.common.errors import TransientError
 from libs.common.globalconfig import GLOBAL_CONFIG_ID
 from libs.common.messages import utcnow
+from libs.common.operations import OpType
 from services.envmgr import metrics
 from services.envmgr.reconcile import Plan, Scheduling, Timing, env_event, plan_env
 
@@ -215,11 +216,14 @@ class Reconciler:
         (`quiet_for=None`) everything unfinished is checked: in-process timers died with the previous process.
         """
         envids: set[int] = set()
-        unfinished: Doc = {"$or": [{"op": {"$ne": None}}, {"policy_status": "READY"}]}
+        quiet: Doc = {}
         if quiet_for is not None:
-            unfinished = {**unfinished, "updated_at": {"$lt": datetime.now(UTC) - timedelta(seconds=quiet_for)}}
-        async for env in self.store.envs.find(unfinished, {"_id": 1}):
-            envids.add(int(env["_id"]))
+            quiet = {"updated_at": {"$lt": datetime.now(UTC) - timedelta(seconds=quiet_for)}}
+        # Two queries led by indexed fields rather than one `$or`/`$ne` filter, which would read every environment
+        # ever made, the removed ones included.
+        for unfinished in ({"op.type": {"$in": list(get_args(OpType))}, **quiet}, {"policy_status": "READY", **quiet}):
+            async for env in self.store.envs.find(unfinished, {"_id": 1}):
+                envids.add(int(env["_id"]))
         for envid in await self.store.slots.distinct("envid", {"terminating": True}):
             envids.add(int(envid))
         semaphore = asyncio.Semaphore(concurrency)
