@@ -33,7 +33,8 @@ from services.envmgr.worker import Reconciler
 
 async def setup(ctx: ServiceContext) -> None:
     settings: Settings = ctx.settings
-    reconciler = Reconciler(ctx.store, ctx.bus, settings.timing(), account_creates=settings.account_creates)
+    reconciler = Reconciler(ctx.store, ctx.bus, settings.timing(), account_creates=settings.account_creates,
+                            max_creates_in_flight=settings.max_creates_in_flight)
     commands = CommandHandlers(reconciler)
     vms = VmEventHandlers(reconciler)
     n = settings.concurrency

@@ -55,6 +55,15 @@ class Scheduling:
     account_creates: bool = True  # Carina charged only scale-ups; we charge the initial VMs too (configurable)
 
 
+@dataclass(frozen=True)
+class Admission:
+    """Whether a create that has not started yet may start now (the worker bounds the creates in flight)."""
+
+    admitted: bool
+    limit: int = 0  # creates in flight at most
+    ahead: int = 0  # queued creates submitted before this one
+
+
 @dataclass
 class Plan:
     """What reconciling one environment decided; applied by the handler in this order:
@@ -112,9 +121,10 @@ class _Ctx:
     """Working state of one planning pass: the documents plus the plan being built."""
 
     def __init__(self, env: Doc, slots: list[Doc], now: datetime, timing: Timing, peers: dict[str, Doc],
-                 sched: Scheduling | None) -> None:
+                 sched: Scheduling | None, admission: Admission | None = None) -> None:
         self.env = env
         self.sched = sched
+        self.admission = admission
         self.now = now
         self.timing = timing
         self.peers = peers
@@ -392,8 +402,31 @@ def _phase_grant_create(c: _Ctx) -> None:
                f"({len(missing)} of {len(reqids)} VMs waiting)")
 
 
+def _wait_for_admission(c: _Ctx) -> bool:
+    """A create not started yet waits (status PENDING, no deadline running) while too many creates are in flight;
+    True while it must wait. Admitted, its phase clock restarts: the time queued does not count against deadlines."""
+    assert c.op is not None
+    if c.op["type"] != "CREATE" or c.op.get("admitted") or c.admission is None:
+        return False
+    if c.master() is not None:
+        c.set_op(admitted=True)  # started before admission existed, or by a pass that lost its write: it runs
+        return False
+    if c.admission.admitted:
+        c.phase("master", admitted=True)
+        if c.op.get("queued_at") is not None:
+            c.event("admitted: creating")
+        return False
+    if c.op.get("phase") != "queued":
+        c.phase("queued", queued_at=c.now)
+        c.status("PENDING", f"queued: {c.admission.ahead} earlier creates waiting, "
+                            f"at most {c.admission.limit} run at once")
+    return True
+
+
 def _phase_master(c: _Ctx) -> None:
     assert c.op is not None
+    if _wait_for_admission(c):
+        return
     if (c.sched is not None and c.sched.account_creates and c.op["type"] == "CREATE"
             and not c.op.get("capacity_granted") and c.env.get("policy_status") == "INIT"):
         if c.op.get("phase") != "grant_create":
@@ -679,6 +712,7 @@ PHASES = {
     "waiting": _phase_waiting,
     "grant_create": _phase_grant_create,
     "grant": _phase_grant,
+    "queued": _phase_master,  # a create waiting for admission
     "master": _phase_master,
     "master_setup": _phase_master_setup,
     "master_init": _phase_master_init,
@@ -707,7 +741,7 @@ def _mirror_app_status(c: _Ctx) -> None:
 
 
 def plan_env(env: Doc, slots: list[Doc], now: datetime, timing: Timing, peers: dict[str, Doc] | None = None,
-             sched: Scheduling | None = None) -> Plan:
+             sched: Scheduling | None = None, admission: Admission | None = None) -> Plan:
     """Decide the next steps for one environment.
 
     Args:
@@ -717,11 +751,12 @@ def plan_env(env: Doc, slots: list[Doc], now: datetime, timing: Timing, peers: d
         timing: deadlines.
         peers: for group members, the other members by name and the predecessor under `__predecessor__`.
         sched: how the global scheduler arbitrates this environment's capacity (None: it does not).
+        admission: for a create that has not started, whether it may start now (None: no limit).
 
     Returns:
         The plan to apply (possibly empty).
     """
-    c = _Ctx(env, slots, now, timing, peers or {}, sched)
+    c = _Ctx(env, slots, now, timing, peers or {}, sched, admission)
     _mirror_app_status(c)
     # Phases may complete within one pass (e.g. master already initialised): run until the phase stops moving.
     for _ in range(8):

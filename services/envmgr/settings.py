@@ -22,6 +22,8 @@ class Settings(ServiceSettings):
     provision_retry: float = Field(60.0, gt=0, description="re-ask the provisioner after this long (it adopts)")
     grant_timeout: float = Field(600.0, gt=0, description="scheduler grant for a scale-up")
     account_creates: bool = Field(True, description="charge an environment's initial VMs to pools (Carina: no)")
+    max_creates_in_flight: int = Field(100, ge=0, description="creates started and not yet ended at once; later ones "
+                                                              "wait as PENDING, oldest first (0: no limit)")
 
     def timing(self) -> Timing:
         return Timing(

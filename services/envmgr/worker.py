@@ -11,8 +11,10 @@ periodic resync covers them after a crash.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
@@ -26,9 +28,13 @@ from libs.common.globalconfig import GLOBAL_CONFIG_ID
 from libs.common.messages import utcnow
 from libs.common.operations import OpType
 from services.envmgr import metrics
-from services.envmgr.reconcile import Plan, Scheduling, Timing, env_event, plan_env
+from services.envmgr.reconcile import Admission, Plan, Scheduling, Timing, env_event, plan_env
 
 log = logging.getLogger("carina.envmgr")
+
+# Creates that started (past admission) and have not ended; and those not started yet, in arrival order by _id.
+CREATES_IN_FLIGHT: Doc = {"op.type": "CREATE", "op.admitted": True}
+CREATES_WAITING: Doc = {"op.type": "CREATE", "op.admitted": {"$ne": True}, "op.phase": {"$in": ["master", "queued"]}}
 
 
 class Reconciler:
@@ -42,8 +48,10 @@ class Reconciler:
     """
 
     def __init__(self, store: Store, bus: Bus, timing: Timing, clock: Any = None,
-                 account_creates: bool = True) -> None:
+                 account_creates: bool = True, max_creates_in_flight: int = 0) -> None:
         self.store = store
+        self.max_creates = max_creates_in_flight
+        self._admitting = asyncio.Lock()
         self.account_creates = account_creates
         self._scheduled: tuple[float, set[str]] = (0.0, set())
         self.bus = bus
@@ -105,14 +113,58 @@ class Reconciler:
             slots = [s async for s in self.store.slots.find({"envid": envid, "gone": {"$ne": True}})]
             peers = await self._peers(env)
             sched = Scheduling(self.account_creates) if env["service"] in await self._scheduled_services() else None
-            plan = plan_env(env, slots, self.clock(), self.timing, peers, sched)
-            applied = await self._apply(env, plan)
+            waiting = self._awaits_admission(env)
+            # A create's admission is decided and written under one lock, so that this process does not let two
+            # creates through for one free place.
+            async with self._admitting if waiting else contextlib.nullcontext():
+                admission = await self._admission(env) if waiting else None
+                plan = plan_env(env, slots, self.clock(), self.timing, peers, sched, admission)
+                applied = await self._apply(env, plan)
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
             if applied:
                 self._schedule(envid, plan.wake_at)
+                if (env.get("op") or {}).get("type") == "CREATE" and plan.env_set.get("op", True) is None:
+                    self._spawn(self.admit_waiting(), "admission")  # a create ended: the next may start
                 return
             metrics.RECONCILE_CONFLICTS.inc()
         raise TransientError(f"environment {envid}: too many concurrent updates")
+
+    # --- admission of creates -------------------------------------------------------------------------------------
+
+    def _awaits_admission(self, env: Doc) -> bool:
+        op = env.get("op") or {}
+        return (self.max_creates > 0 and op.get("type") == "CREATE" and not op.get("admitted")
+                and op.get("phase") in ("master", "queued"))
+
+    async def _admission(self, env: Doc) -> Admission:
+        """Whether this create may start: fewer than the limit in flight, and it is among the oldest waiting."""
+        free = self.max_creates - await self.store.envs.count_documents(CREATES_IN_FLIGHT)
+        if free > 0:
+            oldest = self.store.envs.find(CREATES_WAITING, {"_id": 1}).sort("_id", 1).limit(free)
+            if env["_id"] in [e["_id"] async for e in oldest]:
+                return Admission(True, self.max_creates)
+        if (env.get("op") or {}).get("phase") == "queued":
+            return Admission(False, self.max_creates)  # already queued and told so
+        ahead = await self.store.envs.count_documents({**CREATES_WAITING, "_id": {"$lt": env["_id"]}})
+        return Admission(False, self.max_creates, ahead)
+
+    async def admit_waiting(self) -> int:
+        """Reconcile the oldest queued creates that fit under the limit now; returns how many."""
+        if self.max_creates <= 0:
+            return 0
+        free = self.max_creates - await self.store.envs.count_documents(CREATES_IN_FLIGHT)
+        if free <= 0:
+            return 0
+        envids = [e["_id"] async for e in self.store.envs.find(
+            {**CREATES_WAITING, "op.phase": "queued"}, {"_id": 1}).sort("_id", 1).limit(free)]
+        for envid in envids:
+            self._spawn(self._safe_reconcile(int(envid), "admission"), "admission")
+        return len(envids)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any], why: str) -> None:
+        task = asyncio.create_task(work, name=why)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _scheduled_services(self) -> set[str]:
         """Services the global scheduler arbitrates (those in its configuration); cached for a few seconds."""
@@ -197,9 +249,7 @@ class Reconciler:
 
     def _fire(self, envid: int) -> None:
         self._timers.pop(envid, None)
-        task = asyncio.create_task(self._safe_reconcile(envid, "timer"))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._safe_reconcile(envid, "timer"), "timer")
 
     async def _safe_reconcile(self, envid: int, why: str) -> None:
         try:
@@ -220,8 +270,9 @@ class Reconciler:
         if quiet_for is not None:
             quiet = {"updated_at": {"$lt": datetime.now(UTC) - timedelta(seconds=quiet_for)}}
         # Two queries led by indexed fields rather than one `$or`/`$ne` filter, which would read every environment
-        # ever made, the removed ones included.
-        for unfinished in ({"op.type": {"$in": list(get_args(OpType))}, **quiet}, {"policy_status": "READY", **quiet}):
+        # ever made, the removed ones included. Queued creates are left to `admit_waiting`, oldest first.
+        in_flight = {"op.type": {"$in": list(get_args(OpType))}, "op.phase": {"$ne": "queued"}, **quiet}
+        for unfinished in (in_flight, {"policy_status": "READY", **quiet}):
             async for env in self.store.envs.find(unfinished, {"_id": 1}):
                 envids.add(int(env["_id"]))
         for envid in await self.store.slots.distinct("envid", {"terminating": True}):
@@ -233,7 +284,7 @@ class Reconciler:
                 await self._safe_reconcile(envid, "resync")
 
         await asyncio.gather(*(one(e) for e in sorted(envids)))
-        return len(envids)
+        return len(envids) + await self.admit_waiting()
 
     async def refresh_gauges(self) -> None:
         counts: dict[str, int] = {}

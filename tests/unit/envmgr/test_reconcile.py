@@ -15,7 +15,7 @@ import pytest
 
 from libs.common.messages import PoolCancel, PoolRelease, PoolRequest, VmProvision, VmTerminate
 from libs.common.operations import _new_env_doc
-from services.envmgr.reconcile import Plan, Scheduling, Timing, plan_env
+from services.envmgr.reconcile import Admission, Plan, Scheduling, Timing, plan_env
 
 T0 = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
 
@@ -43,10 +43,11 @@ class World:
     next_vm: int = 100
     sched: Scheduling | None = None
     grants: bool = True
+    admission: Admission | None = None
 
     def step(self, timing: Timing | None = None) -> Plan:
         plan = plan_env(self.env, [s for s in self.slots.values() if not s.get("gone")], self.now,
-                        timing or Timing(), sched=self.sched)
+                        timing or Timing(), sched=self.sched, admission=self.admission)
         self.plans.append(plan)
         for doc in plan.slot_inserts:
             self.slots.setdefault(doc["_id"], dict(doc))
@@ -194,6 +195,35 @@ def test_remove_terminates_everything_and_keeps_the_record() -> None:
     assert not world.live()
     assert all(s["lifecycle"] == "DONE" for s in world.slots.values())
     assert world.env["active"] is False and world.env["status"] == "DONE"
+
+
+def test_a_create_beyond_the_limit_waits_pending_without_a_deadline_then_starts_fresh() -> None:
+    world = new_world(num_slaves=1)
+    world.admission = Admission(False, limit=2, ahead=3)
+    plan = world.step()
+    assert plan.events == ["queued: 3 earlier creates waiting, at most 2 run at once"]
+    assert world.env["status"] == "PENDING" and world.env["op"]["phase"] == "queued" and not world.slots
+    # Hours in the queue are not a failure, and it says so once, not at every pass.
+    world.now += timedelta(hours=3)
+    assert world.step().events == [] and world.env["op"]["phase"] == "queued" and world.env["failed"] is None
+    world.admission = Admission(True, limit=2)
+    plan = world.step()
+    assert plan.events[:3] == ["admitted: creating", "creating master VM tomcat-5-m", "MASTER_CREATE"]
+    assert world.env["op"]["admitted"] is True and world.env["op"]["phase_since"] == world.now
+    assert [s["role"] for s in world.slots.values()] == ["master"]
+    world.run(5)
+    assert world.env["policy_status"] == "ACTIVE" and world.env["op"] is None
+
+
+def test_a_create_that_already_has_its_master_is_not_held_back() -> None:
+    # Started before the limit existed (or by a pass whose admission write was lost): it runs, and counts.
+    world = new_world(num_slaves=1)
+    world.step()
+    world.env["op"].pop("admitted", None)
+    world.admission = Admission(False, limit=1, ahead=0)
+    world.run(5)
+    assert world.env["policy_status"] == "ACTIVE"
+    assert all(p.env_set.get("status") != "PENDING" for p in world.plans)
 
 
 def test_a_retired_slot_is_terminating_until_its_vm_is_gone() -> None:
