@@ -32,8 +32,9 @@ from services.envmgr.reconcile import Admission, Plan, Scheduling, Timing, env_e
 
 log = logging.getLogger("carina.envmgr")
 
-# Creates that started (past admission) and have not ended; and those not started yet, in arrival order by _id.
-CREATES_IN_FLIGHT: Doc = {"op.type": "CREATE", "op.admitted": True}
+# Creates that started (past admission) and have not ended — but for those waiting for the global scheduler's grant,
+# which cost nothing meanwhile and may wait long — and those not started yet, in arrival order by _id.
+CREATES_IN_FLIGHT: Doc = {"op.type": "CREATE", "op.admitted": True, "op.phase": {"$ne": "grant_create"}}
 CREATES_WAITING: Doc = {"op.type": "CREATE", "op.admitted": {"$ne": True}, "op.phase": {"$in": ["master", "queued"]}}
 
 
