@@ -114,11 +114,13 @@ class Reconciler:
             slots = [s async for s in self.store.slots.find({"envid": envid, "gone": {"$ne": True}})]
             peers = await self._peers(env)
             sched = Scheduling(self.account_creates) if env["service"] in await self._scheduled_services() else None
-            waiting = self._awaits_admission(env)
-            # A create's admission is decided and written under one lock, so that this process does not let two
-            # creates through for one free place.
-            async with self._admitting if waiting else contextlib.nullcontext():
-                admission = await self._admission(env) if waiting else None
+            admission = await self._admission(env) if self._awaits_admission(env) else None
+            # Letting a create start is decided again and written under one lock, so that this process does not let
+            # two creates through for one free place; keeping one waiting needs no lock (a burst's hundreds of first
+            # passes are not serialised).
+            async with self._admitting if admission is not None and admission.admitted else contextlib.nullcontext():
+                if admission is not None and admission.admitted:
+                    admission = await self._admission(env)
                 plan = plan_env(env, slots, self.clock(), self.timing, peers, sched, admission)
                 applied = await self._apply(env, plan)
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
