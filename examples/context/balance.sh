@@ -6,7 +6,8 @@
 #   balance.sh add <ip> [port] send traffic to a new slave (port defaults to BALANCE_PORT)
 #   balance.sh delete <ip>     stop sending traffic to a slave
 #   balance.sh show            list the slaves, one "<ip> <port>" per line
-#   balance.sh poll            pull mode: apply Carina's notifications as they come (started by init)
+#   balance.sh poll            pull mode: apply Carina's notifications as they come (started by init): a long poll
+#                              that Carina holds up to CARINA_POLL_WAIT seconds, answered as soon as there is news
 #   balance.sh poll-once       pull mode: apply the pending notifications once and exit
 #
 # How the master learns about slaves (CONTEXT variable CARINA_NOTIFY):
@@ -17,7 +18,8 @@
 # is still kept (and shown), which is enough for the simulated zone.
 #
 # Settings (environment): CARINA_CONTEXT_FILE (context file to read first), CARINA_STATE_DIR (default
-# /var/lib/carina), CARINA_POLL_INTERVAL (seconds, default 5).
+# /var/lib/carina), CARINA_POLL_WAIT (seconds Carina may hold a poll, default 25, at most 30),
+# CARINA_POLL_INTERVAL (seconds to pause after a failed poll, default 5).
 
 set -u
 
@@ -25,6 +27,8 @@ STATE_DIR="${CARINA_STATE_DIR:-/var/lib/carina}"
 BACKENDS="$STATE_DIR/backends"
 LOCK="$STATE_DIR/balance.lock"
 POLL_INTERVAL="${CARINA_POLL_INTERVAL:-5}"
+POLL_WAIT="${CARINA_POLL_WAIT:-25}"
+POLL_APPLIED=""  # the last notification the latest poll applied (empty: none)
 HTTP_TIMEOUT=10
 
 # log ... report_status are also in tomcat.sh, on purpose: a context script is the one file a VM fetches and runs
@@ -188,10 +192,15 @@ parse_notifications() {
     done | sort -n
 }
 
+# poll_once [wait]: with a wait, Carina holds the request until there is something to apply or the wait ends.
 poll_once() {
-    local headers=("X-ONEGATE-TOKEN: ${CARINA_TOKEN:-}" "X-ONEGATE-VMID: ${VMID:-}") body seq op ip data applied=""
-    body=$(http GET "$(base_url)/guest/v1/notifications" "" "${headers[@]}") || return 1
+    local wait=${1:-0} headers=("X-ONEGATE-TOKEN: ${CARINA_TOKEN:-}" "X-ONEGATE-VMID: ${VMID:-}") body seq op ip data
+    local applied="" HTTP_TIMEOUT=$((HTTP_TIMEOUT + wait))  # seen by http(): a held poll is not a timeout
+    local done_seq
+    done_seq=$(cat "$STATE_DIR/applied_seq" 2>/dev/null || echo 0)
+    body=$(http GET "$(base_url)/guest/v1/notifications?wait=$wait" "" "${headers[@]}") || return 1
     while read -r seq op ip data; do
+        [ "$seq" -le "$done_seq" ] 2>/dev/null && continue  # applied and acknowledged before
         [ "$data" = "-" ] && data=""
         case $op in
             add) cmd_add "$ip" "$data" ;;
@@ -206,17 +215,25 @@ poll_once() {
         fi
         applied=$seq
     done < <(printf '%s' "$body" | parse_notifications)
+    POLL_APPLIED=$applied
     if [ -n "$applied" ]; then
         http POST "$(base_url)/guest/v1/notifications/ack" "{\"seq\": $applied}" "${headers[@]}" \
             "Content-Type: application/json" >/dev/null || return 1
+        echo "$applied" >"$STATE_DIR/applied_seq"
     fi
     return 0
 }
 
 cmd_poll() {
+    local started
     while true; do
-        poll_once || log "poll failed; retrying in ${POLL_INTERVAL}s"
-        sleep "$POLL_INTERVAL"
+        started=$(date +%s)
+        if ! poll_once "$POLL_WAIT"; then
+            log "poll failed; retrying in ${POLL_INTERVAL}s"
+            sleep "$POLL_INTERVAL"
+        elif [ -z "$POLL_APPLIED" ] && [ $(($(date +%s) - started)) -lt $((POLL_WAIT / 2)) ]; then
+            sleep "$POLL_INTERVAL"  # an empty answer well before the wait: a server that does not hold polls
+        fi
     done
 }
 

@@ -9,8 +9,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -273,6 +275,33 @@ def test_balance_pull_mode_applies_notifications_in_order_and_acks(
     assert ack.method == "POST"
     assert json.loads(ack.body) == {"seq": 3}
     assert run_script("balance.sh", ["show"], context, tmp_path).stdout == "10.0.0.6 8080\n"
+
+
+@needs_http_client
+def test_balance_poll_loop_long_polls_and_never_reapplies(carina: FakeCarina, tmp_path: Path) -> None:
+    # The fake answers at once and, unlike Carina, keeps sending acknowledged notifications: the loop applies the
+    # news, asks again at once, skips what it already applied, and pauses when an answer brought nothing.
+    context = guest_context(carina, BALANCE_PORT="8080")
+    assert run_script("balance.sh", ["init"], context, tmp_path).returncode == 0
+    carina.notifications = [{"seq": 1, "op": "add", "ip": "10.0.0.5", "data": "8080"}]
+    context_file = tmp_path / "context.sh"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+           "CARINA_CONTEXT_FILE": str(context_file), "CARINA_STATE_DIR": str(tmp_path / "state"),
+           "CARINA_POLL_WAIT": "7", "CARINA_POLL_INTERVAL": "30"}
+    loop = subprocess.Popen(["bash", str(CONTEXT / "balance.sh"), "poll"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(carina.named("/guest/v1/notifications")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # long enough for a third poll, were it not pausing
+    finally:
+        os.killpg(loop.pid, signal.SIGKILL)
+        loop.wait(timeout=10)
+    polls = carina.named("/guest/v1/notifications")
+    assert [p.query.get("wait") for p in polls] == ["7", "7"]
+    assert [json.loads(a.body) for a in carina.named("/guest/v1/notifications/ack")] == [{"seq": 1}]
+    assert run_script("balance.sh", ["show"], context, tmp_path).stdout == "10.0.0.5 8080\n"
 
 
 @needs_http_client
