@@ -11,7 +11,6 @@ periodic resync covers them after a crash.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -53,6 +52,7 @@ class Reconciler:
         self.store = store
         self.max_creates = max_creates_in_flight
         self._admitting = asyncio.Lock()
+        self._starting: set[int] = set()  # creates let start by this process, their pass not written yet
         self.account_creates = account_creates
         self._scheduled: tuple[float, set[str]] = (0.0, set())
         self.bus = bus
@@ -114,15 +114,12 @@ class Reconciler:
             slots = [s async for s in self.store.slots.find({"envid": envid, "gone": {"$ne": True}})]
             peers = await self._peers(env)
             sched = Scheduling(self.account_creates) if env["service"] in await self._scheduled_services() else None
-            admission = await self._admission(env) if self._awaits_admission(env) else None
-            # Letting a create start is decided again and written under one lock, so that this process does not let
-            # two creates through for one free place; keeping one waiting needs no lock (a burst's hundreds of first
-            # passes are not serialised).
-            async with self._admitting if admission is not None and admission.admitted else contextlib.nullcontext():
-                if admission is not None and admission.admitted:
-                    admission = await self._admission(env)
+            admission = await self._admit(env) if self._awaits_admission(env) else None
+            try:
                 plan = plan_env(env, slots, self.clock(), self.timing, peers, sched, admission)
                 applied = await self._apply(env, plan)
+            finally:
+                self._starting.discard(envid)
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
             if applied:
                 self._schedule(envid, plan.wake_at)
@@ -139,13 +136,20 @@ class Reconciler:
         return (self.max_creates > 0 and op.get("type") == "CREATE" and not op.get("admitted")
                 and op.get("phase") in ("master", "queued"))
 
-    async def _admission(self, env: Doc) -> Admission:
-        """Whether this create may start: fewer than the limit in flight, and it is among the oldest waiting."""
-        free = self.max_creates - await self.store.envs.count_documents(CREATES_IN_FLIGHT)
-        if free > 0:
-            oldest = self.store.envs.find(CREATES_WAITING, {"_id": 1}).sort("_id", 1).limit(free)
-            if env["_id"] in [e["_id"] async for e in oldest]:
-                return Admission(True, self.max_creates)
+    async def _admit(self, env: Doc) -> Admission:
+        """Whether this create may start: fewer than the limit in flight, and it is among the oldest waiting.
+
+        Decided under a lock, counting the creates this process let start whose pass has not written that yet
+        (`_starting`), so that two passes never take one free place; the pass itself runs outside the lock.
+        """
+        async with self._admitting:
+            starting = len(self._starting)
+            free = self.max_creates - starting - await self.store.envs.count_documents(CREATES_IN_FLIGHT)
+            if free > 0:
+                oldest = self.store.envs.find(CREATES_WAITING, {"_id": 1}).sort("_id", 1).limit(free + starting)
+                if env["_id"] in [e["_id"] async for e in oldest if e["_id"] not in self._starting][:free]:
+                    self._starting.add(int(env["_id"]))
+                    return Admission(True, self.max_creates)
         if (env.get("op") or {}).get("phase") == "queued":
             return Admission(False, self.max_creates)  # already queued and told so
         ahead = await self.store.envs.count_documents({**CREATES_WAITING, "_id": {"$lt": env["_id"]}})
