@@ -73,7 +73,7 @@ class ZoneConfig:
     guest_retries: int = 8
     guest_backoff: float = 0.25
     guest_poll_seconds: float = 2.0
-    guest_long_poll: float = 10.0  # seconds a master asks Carina to hold a notifications poll
+    guest_long_poll: float = 25.0  # seconds a master asks Carina to hold a notifications poll (as balance.sh)
     guest_metrics: bool = False
     guest_metrics_seconds: float = 5.0
     guest_workers: int = 64
