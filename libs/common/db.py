@@ -32,12 +32,12 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 from pymongo.monitoring import CommandFailedEvent, CommandListener, CommandStartedEvent, CommandSucceededEvent
 from pymongo.write_concern import WriteConcern
 
 from libs.common import metrics
-from libs.common.errors import ConflictError, NotFoundError, StartupError
+from libs.common.errors import ConflictError, NotFoundError, StartupError, TransientError
 
 log = logging.getLogger("carina.db")
 
@@ -172,12 +172,21 @@ class Store:
                                      {"$set": {"terminating": True}})
 
     async def next_id(self, sequence: str) -> int:
-        """Allocate the next integer of a sequence (envid, jobid, reqid): atomic, never reused."""
-        doc = await self.db["counters"].find_one_and_update(
-            {"_id": sequence}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
-        )
-        assert doc is not None
-        return int(doc["seq"])
+        """Allocate the next integer of a sequence (envid, jobid, reqid): atomic, never reused (gaps are possible).
+
+        The first allocations of a sequence may race to create its counter: the loser gets a duplicate-key error
+        (MongoDB) or no document (the embedded wire server) and simply allocates again.
+        """
+        for _ in range(5):
+            try:
+                doc = await self.db["counters"].find_one_and_update(
+                    {"_id": sequence}, {"$inc": {"seq": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+                )
+            except DuplicateKeyError:
+                continue
+            if doc is not None:
+                return int(doc["seq"])
+        raise TransientError(f"could not allocate the next {sequence}; try again")
 
     async def cas_update(
         self,
