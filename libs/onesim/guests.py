@@ -239,6 +239,7 @@ class GuestRunner(GuestHooks):
             resp = await self._http(rec, "notifications", "GET", f"{base}/guest/v1/notifications", headers=headers,
                                     params={"wait": self.cfg.guest_long_poll}, long_poll=True)
             answered = resp is not None and resp.is_success
+            applied_before = rec["applied_seq"]
             carried_work = False
             if resp is not None and resp.is_success:
                 try:
@@ -265,9 +266,10 @@ class GuestRunner(GuestHooks):
                                            headers=headers, json={"seq": rec["applied_seq"]})
                     if ack is not None and ack.is_success:
                         rec["acked_seq"] = rec["applied_seq"]
-                carried_work = bool(notes) and rec["acked_seq"] == rec["applied_seq"]
-            # Like a real long-polling agent: ask again at once after an answer that carried work or that the server
-            # held; pause after a failure, or an empty answer that came back at once (a server not holding polls).
+                carried_work = rec["applied_seq"] > applied_before and rec["acked_seq"] == rec["applied_seq"]
+            # Like a real long-polling agent: ask again at once after an answer that brought news or that the server
+            # held; pause after a failure, or an answer with nothing new that came back at once (a server not
+            # holding polls, or one re-sending what was acknowledged).
             held = time.monotonic() - asked >= 0.5 * self.cfg.guest_long_poll
             if not (answered and (carried_work or held)):
                 await asyncio.sleep(self.cfg.guest_poll_seconds)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pyone
 
 from libs.onesim import SimControl
@@ -74,11 +76,17 @@ def test_pull_notifications_applied_and_acked(one: pyone.OneServer, gateway: Gat
     assert polls[0]["headers"]["x-onegate-vmid"] == str(vid)
     with gateway.lock:
         gateway.notifications.append({"seq": 3, "op": "delete", "ip": "10.0.0.5", "data": ""})
-    wait_for(lambda: gateway.acked == 3)
+    wait_for(lambda: ctl.guest_record(vid)["acked_seq"] == 3)  # the guest saw its acknowledgement accepted
+    assert gateway.acked == 3
     rec = ctl.guest_record(vid)
     assert [n["seq"] for n in rec["notifications"]] == [1, 2, 3]
     assert rec["members"] == {"10.0.0.6": "8080"}
     assert rec["acked_seq"] == 3
+    # This fake answers at once (it does not hold polls): with nothing new, the guest pauses between polls
+    # (guest_poll_seconds) instead of asking again in a tight loop.
+    before = len(gateway.of("/guest/v1/notifications", vid))
+    time.sleep(0.5)
+    assert len(gateway.of("/guest/v1/notifications", vid)) - before <= 15
     acks = [r for r in gateway.requests if r["path"] == "/guest/v1/notifications/ack"]
     assert [int(__import__("json").loads(a["body"])["seq"]) for a in acks] == [2, 3]
 
