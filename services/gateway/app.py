@@ -210,6 +210,7 @@ async def stop_server(server: uvicorn.Server, task: asyncio.Task[None], gw: Gate
     """Stop accepting, end event streams, let in-flight requests finish (uvicorn's graceful timeout)."""
     if gw is not None:
         gw.stopping.set()
+        gw.notify_watch.wake_all()
     server.should_exit = True
     with contextlib.suppress(Exception):
         await asyncio.wait_for(asyncio.shield(task), timeout=10)

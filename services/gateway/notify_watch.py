@@ -59,6 +59,12 @@ class NotifyWatch:
         for waiter in self._waiters.get(envid, ()):
             waiter.set()
 
+    def wake_all(self) -> None:
+        """End every wait now (the gateway is stopping: held polls are answered instead of cut off)."""
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.set()
+
     def seen_after(self, envid: int, known_seq: int) -> bool:
         """Whether an event newer than what the caller read has been seen (numbers only grow for one master)."""
         latest = self._latest.get(envid)

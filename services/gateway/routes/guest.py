@@ -241,12 +241,12 @@ async def notifications(request: Request, gw: GatewayDep) -> JSONResponse:
             # the waiter. After that, only a new event makes us read again (never a loop on a stale number: a
             # replaced master starts counting from 1 again).
             missed = gw.notify_watch.seen_after(envid, known_seq)
-            while not items:
+            while not items and not gw.stopping.is_set():
                 if not missed:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(woken.wait(), timeout=max(0.0, deadline - time.monotonic()))
-                    if not woken.is_set():
-                        break  # the wait is over
+                    if not woken.is_set() or gw.stopping.is_set():
+                        break  # the wait is over, or this gateway is stopping: answer now, the master asks again
                     woken.clear()
                 missed = False
                 fresh_slot = await gw.store.slots.find_one({"_id": slot["_id"], "live": True}, {"guest": 1})

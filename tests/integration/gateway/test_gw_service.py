@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,9 +12,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
+from gateway_helpers import TOKEN_SECRET, plant_running_env
 
+from libs.common.db import Store
 from libs.devstack.procs import Proc, free_port
 
 REPO = Path(__file__).resolve().parents[3]
@@ -66,6 +72,53 @@ def test_serves_the_dev_account_and_stops_on_sigterm(nats_server: Proc, mongo_ur
         assert proc.wait(timeout=20) == 0
         output = proc.stdout.read() if proc.stdout else ""
         assert "dev-token-for-tests-0001" not in output and "Traceback" not in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_held_long_poll_is_answered_when_the_gateway_stops(nats_server: Proc, mongo_url: str) -> None:
+    # A master waits on its notifications (up to 25 s) while the gateway is told to stop: the poll is answered at
+    # once (empty; the master asks again elsewhere) instead of being cut off with an error after the grace period.
+    port = free_port()
+    env = _env(nats_server, mongo_url, CARINA_DEV_MODE="true", CARINA_GATEWAY_PORT=str(port),
+               CARINA_TOKEN_SECRET=TOKEN_SECRET)
+
+    async def plant() -> dict[str, Any]:
+        store = Store(mongo_url, env["CARINA_MONGODB_DB"])
+        await store.connect(timeout=10)
+        try:
+            return await plant_running_env(store, 9101, "svc1", slaves=0)
+        finally:
+            await store.close()
+
+    planted = asyncio.run(plant())
+    master = planted["slots"][0]
+    headers = {"X-ONEGATE-VMID": str(master["one_id"]), "X-ONEGATE-TOKEN": planted["tokens"][master["_id"]]}
+    proc = subprocess.Popen([sys.executable, "-m", "services.gateway"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "gateway not ready in 30 s"
+            time.sleep(0.2)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            poll = pool.submit(httpx.get, f"http://127.0.0.1:{port}/guest/v1/notifications", params={"wait": 25},
+                               headers=headers, timeout=40)
+            time.sleep(1.0)
+            assert not poll.done(), "nothing pending: the poll is held"
+            stopped_at = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            answer = poll.result(timeout=30)
+        assert answer.status_code == 200 and answer.json() == {"notifications": []}
+        assert time.monotonic() - stopped_at < 4, "answered when the stop began, not at the grace period's end"
+        assert proc.wait(timeout=20) == 0
+        output = proc.stdout.read() if proc.stdout else ""
+        assert "Traceback" not in output and "ERROR" not in output, output
     finally:
         if proc.poll() is None:
             proc.kill()
