@@ -43,6 +43,12 @@ log = logging.getLogger("carina.db")
 
 Doc = dict[str, Any]
 
+def slot_ip(slot: Doc) -> str | None:
+    """A VM slot's address as Carina uses it: what the guest reported, else what the zone showed."""
+    guest = slot.get("guest") or {}
+    return guest.get("ip") or slot.get("ip")
+
+
 INDEXES: dict[str, list[IndexModel]] = {
     "configs": [IndexModel([("service", ASCENDING), ("kind", ASCENDING), ("name", ASCENDING)], unique=True)],
     "accounts": [IndexModel([("token_hash", ASCENDING)], unique=True), IndexModel([("service", ASCENDING)])],

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from libs.common.auth import new_nonce
+from libs.common.db import slot_ip
 from libs.common.messages import EnvEvent, Message, PoolCancel, PoolRelease, PoolRequest, VmProvision, VmTerminate
 
 Doc = dict[str, Any]
@@ -97,11 +98,6 @@ def vm_name(env: Doc, role: str, index: int, incarnation: int) -> str:
     """Deterministic VM name (Carina: <env>-m / <env>-s), unique per slot incarnation, used for adoption."""
     base = f"{env['name']}-{env['_id']}-" + ("m" if role == "master" else f"s{index}")
     return base if incarnation == 1 else f"{base}-r{incarnation}"
-
-
-def slot_ip(slot: Doc) -> str | None:
-    guest = slot.get("guest") or {}
-    return guest.get("ip") or slot.get("ip")
 
 
 def is_up(slot: Doc) -> bool:

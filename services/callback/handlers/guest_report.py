@@ -13,7 +13,7 @@ from typing import Any
 
 from libs.common.bus import Bus, Delivery
 from libs.common.crashpoints import crashpoint
-from libs.common.db import Store
+from libs.common.db import Store, slot_ip
 from libs.common.messages import GuestReport, VmGuest, VmMetrics
 
 _EMPTY_SLAVE_ID = re.compile(r"^SLAVE__(INIT_DONE|INIT_FAIL.*)$")
@@ -26,11 +26,6 @@ def normalise_status(status: str, slot: dict[str, Any]) -> str:
     if match and slot.get("role") == "slave":
         return f"SLAVE_{slot['index']}_{match.group(1)}"
     return status
-
-
-def _address(slot: dict[str, Any]) -> str | None:
-    """The VM's address as envmgr's plan reads it (`services.envmgr.reconcile.slot_ip`)."""
-    return (slot.get("guest") or {}).get("ip") or slot.get("ip")
 
 
 class GuestReportHandler:
@@ -54,7 +49,7 @@ class GuestReportHandler:
             # the zone's); mostly the zone reported the same address already. A redelivery always tells, in case the
             # first attempt stopped between the write and the publish.
             if before is not None and (delivery.num_delivered > 1
-                                       or _address(before) != (fields.get("guest.ip") or _address(before))):
+                                       or slot_ip(before) != (fields.get("guest.ip") or slot_ip(before))):
                 await self.bus.publish(VmGuest(envid=msg.envid, slot=msg.slot, incarnation=msg.incarnation,
                                                kind="vmstatus", ip=fields.get("guest.ip"),
                                                hostname=fields.get("guest.hostname"), at=msg.at))
